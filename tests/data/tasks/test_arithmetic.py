@@ -1,0 +1,90 @@
+"""Tests for moe_jax.data.tasks.arithmetic."""
+
+import numpy as np
+import pytest
+
+from moe_jax.data.tasks import arithmetic
+
+
+def _examples(n=300, seed=0, **difficulty):
+    rng = np.random.default_rng(seed)
+    return [arithmetic.generate(rng, **difficulty) for _ in range(n)]
+
+
+def test_worked_solution_of_the_documented_examples():
+    # 64-973 = -909, -909-75 = -984; width = 3 digits + len(str(3 terms - 1)) = 4,
+    # so 64 -> "+" + "0064" reversed = "+4600".
+    assert arithmetic.worked_solution([64, 973, 75], ["-", "-"]) == (
+        "+4600-3790=-9090-5700=-4890>-984", -984)
+    # 3*45 = 135 is one term of 1+2 = 3 digits; 12+135 = 147, 147-6 = 141.
+    assert arithmetic.worked_solution([12, 3, 45, 6], ["+", "*", "-"]) == (
+        "3*45=5310,+2100+5310=+7410-6000=+1410>141", 141)
+    # The operator gives the sign, also for zero; zero totals are "+".
+    assert arithmetic.worked_solution([5, 0], ["-"]) == ("+50-00=+50>5", 5)
+    assert arithmetic.worked_solution([7, 7], ["-"]) == ("+70-70=+00>0", 0)
+
+
+@pytest.mark.parametrize("difficulty", [
+    {},
+    dict(min_operands=2, max_operands=12, max_digits=4),
+    dict(max_operands=5, max_digits=3, mul_prob=0.5),
+])
+def test_reference_solutions_are_correct_and_verified(difficulty):
+    for example in _examples(**difficulty):
+        assert example.prompt.endswith("=")
+        # The answer is the value of the prompt under ordinary precedence; the
+        # prompt only holds digits and + - *, so Python's eval is a safe oracle here.
+        assert set(example.prompt[:-1]) <= set("0123456789+-*")
+        assert int(example.answer) == eval(example.prompt[:-1])  # noqa: S307
+        assert "**" not in example.prompt
+        assert example.solution.endswith(">" + example.answer)
+        assert arithmetic.verify(example, example.solution)
+        assert arithmetic.verify(example, example.answer)
+        assert arithmetic.verify(example.answer, example.solution)
+        assert arithmetic.verify({"answer": example.answer.encode()}, example.solution)
+
+
+def test_chain_numbers_have_fixed_width():
+    for example in _examples(max_operands=6, max_digits=4, mul_prob=0.3):
+        chain = example.solution.split(",")[-1].split(">")[0]
+        numbers = chain.replace("=", "").replace("+", " ").replace("-", " ").split()
+        assert len({len(n) for n in numbers}) == 1, example
+
+
+@pytest.mark.parametrize("difficulty", [{}, dict(max_operands=5, mul_prob=0.5)])
+def test_rejects_perturbed_answers(difficulty):
+    for example in _examples(**difficulty):
+        prefix, answer = example.solution.rsplit(">", 1)
+        value = int(answer)
+        for wrong in (value + 1, value - 1, -value if value else 1, value * 10 + 1):
+            assert not arithmetic.verify(example, f"{prefix}>{wrong}")
+            assert not arithmetic.verify(example, str(wrong))
+
+
+@pytest.mark.parametrize("response", [
+    "", ">", "12>", "+4600-3790=-9090-5700=-4890>", ">-98 4", ">--984", ">-984.0",
+    ">9" * 10 + "x", ">" + "9" * 5000, ">one", "-984>", ">-984=", ">0x10",
+])
+def test_malformed_responses_are_false_never_raise(response):
+    assert not arithmetic.verify("-984", response)
+
+
+def test_answer_parsing_is_lenient_only_about_whitespace_and_plus():
+    assert arithmetic.verify("-984", "...>  -984 \n")
+    assert arithmetic.verify("984", "+984")
+    assert arithmetic.verify("0", "...>-0")
+    assert not arithmetic.verify("-984", None)
+
+
+def test_same_seed_same_problems():
+    assert _examples(50, seed=3) == _examples(50, seed=3)
+    assert _examples(50, seed=3) != _examples(50, seed=4)
+
+
+def test_difficulty_is_respected():
+    for example in _examples(min_operands=4, max_operands=4, max_digits=2):
+        operands = example.prompt[:-1].replace("-", "+").split("+")
+        assert len(operands) == 4
+        assert all(len(x) <= 2 for x in operands)
+    with pytest.raises(ValueError):
+        arithmetic.generate(np.random.default_rng(0), min_operands=1)
