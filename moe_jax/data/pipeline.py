@@ -104,14 +104,6 @@ def _rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size={global_batch_size} is not divisible by"
-            f" process_count={process_count}")
-    return global_batch_size // process_count
-
-
 def train_dataset(source: Sequence[Any], tokenizer: Tokenizer, *, global_batch_size: int,
                   seq_len: int, seed: int, num_epochs: int | None = None,
                   packing: str = "first_fit", process_index: int = 0, process_count: int = 1,
@@ -122,8 +114,9 @@ def train_dataset(source: Sequence[Any], tokenizer: Tokenizer, *, global_batch_s
     source: random-access records with "prompt" and "solution" (len, getitem).
     global_batch_size: rows over all processes; each process gets 1/process_count.
     seed: drives the shuffle; every process must pass the same one.
-    num_epochs: None repeats forever (the usual for step-based training); with a
-        finite number, processes may end one batch apart, so prefer None on pods.
+    num_epochs: None repeats forever (the usual for step-based training). With a
+        finite number the last partial batch is dropped, and processes may run
+        out at different steps, so prefer None on multi-host runs.
     packing: "first_fit" packs several examples per row (grain's first-fit over
         `num_packing_bins` rows, default the local batch size, which makes each
         packing round exactly one batch); "pad" puts one example in each row.
@@ -136,7 +129,10 @@ def train_dataset(source: Sequence[Any], tokenizer: Tokenizer, *, global_batch_s
         raise ValueError(f"packing must be one of {PACKING_MODES}, got {packing!r}")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-    local_batch = _local_batch_size(global_batch_size, process_count)
+    if global_batch_size % process_count:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by"
+                         f" process_count={process_count}")
+    local_batch = global_batch_size // process_count
 
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs)
     ds = ds[process_index::process_count]
