@@ -123,7 +123,11 @@ def train_dataset(source: Sequence[Any], tokenizer: Tokenizer, *, global_batch_s
     process_index, process_count: `jax.process_index()`, `jax.process_count()`.
         The shuffled, repeated stream is dealt out round-robin, so processes
         see disjoint examples and together cover every epoch.
-    read_options: grain's threads/prefetch for reading and tokenizing.
+    read_options: grain's threads/prefetch for reading and tokenizing (None:
+        grain's default, 16 threads). On a busy 2-core machine
+        `grain.ReadOptions(num_threads=0)` was 2-4x faster (64x256 packed rows
+        from array_record: 0.09 s/batch against 0.21); threads pay off with
+        many cores or slow storage. Packing itself costs ~0.1 ms per example.
     """
     if packing not in PACKING_MODES:
         raise ValueError(f"packing must be one of {PACKING_MODES}, got {packing!r}")
