@@ -1,0 +1,111 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3) with causal and packed-segment masking.
+
+Shapes: B batch, T length, D model, H heads, N no-position head dim (qk_nope), R rope
+head dim, V value head dim, L kv_lora_rank (the compressed latent), Q q_lora_rank.
+
+Keys and values are produced from one latent c_kv [B, T, L] per token plus one rope key
+[B, T, R] shared by all heads; that pair is all an inference cache has to keep.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_jax.layers.initializers import dense_init
+from moe_jax.layers.norms import RMSNorm
+from moe_jax.layers.rope import apply_rope, rope_cos_sin_scale, rope_inv_freq, softmax_scale
+
+
+def attention_mask(q_positions, k_positions, q_segments=None, k_segments=None):
+    """Boolean [B, 1, Tq, Tk]: key position <= query position, and same packed segment.
+
+    Segment id 0 marks padding, which attends to nothing and is attended by nothing.
+    """
+    mask = k_positions[:, None, :] <= q_positions[:, :, None]
+    if q_segments is not None:
+        same = q_segments[:, :, None] == k_segments[:, None, :]
+        mask = mask & same & (k_segments[:, None, :] > 0)
+    return mask[:, None, :, :]
+
+
+def dot_product_attention(q, k, v, mask, scale):
+    """q: [B,Tq,H,Dk], k: [B,Tk,H,Dk], v: [B,Tk,H,V], mask: [B,1,Tq,Tk] -> [B,Tq,H,V]."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    # Rows with no visible key (padding) would average everything: zero them instead.
+    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
+    return jnp.einsum("bhqk,bkhv->bqhv", probs.astype(v.dtype), v)
+
+
+class MLA(nn.Module):
+    """Multi-head Latent Attention; `config` is the model ConfigDict."""
+
+    config: object
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _weight(self, name, shape, axes):
+        w = self.param(name, dense_init(self.config.init_std, axes), shape, self.param_dtype)
+        return w.astype(self.dtype)
+
+    def _norm(self, name, x):
+        return RMSNorm(self.config.rms_eps, self.dtype, self.param_dtype, name=name)(x)
+
+    def project_query(self, x, positions):
+        """x [B,T,D] -> (q_nope [B,T,H,N], q_rope [B,T,H,R]) with rope applied."""
+        m = self.config
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        if m.q_lora_rank:
+            w_qa = self._weight("q_a", (m.d_model, m.q_lora_rank), ("embed", "q_lora"))
+            w_qb = self._weight("q_b", (m.q_lora_rank, m.num_heads, qk), ("q_lora", "heads", "kv"))
+            q = jnp.einsum("btq,qhk->bthk", self._norm("q_a_norm", x @ w_qa), w_qb)
+        else:
+            w_q = self._weight("q", (m.d_model, m.num_heads, qk), ("embed", "heads", "kv"))
+            q = jnp.einsum("btd,dhk->bthk", x, w_q)
+        q_nope, q_rope = q[..., : m.qk_nope_head_dim], q[..., m.qk_nope_head_dim:]
+        q_rope = apply_rope(q_rope, positions, rope_inv_freq(m), rope_cos_sin_scale(m))
+        return q_nope, q_rope
+
+    def compress_kv(self, x, positions):
+        """x [B,T,D] -> (c_kv [B,T,L] normalised latent, k_rope [B,T,R] with rope applied).
+
+        This pair is exactly what the inference cache stores per token.
+        """
+        m = self.config
+        w_kva = self._weight("kv_a", (m.d_model, m.kv_lora_rank + m.qk_rope_head_dim),
+                             ("embed", "kv_lora"))
+        kv_a = x @ w_kva  # [B, T, L + R]
+        c_kv = self._norm("kv_a_norm", kv_a[..., : m.kv_lora_rank])
+        k_rope = apply_rope(kv_a[..., m.kv_lora_rank:], positions, rope_inv_freq(m),
+                            rope_cos_sin_scale(m))
+        return c_kv, k_rope
+
+    def kv_up_weight(self):
+        """W_kv_b [L, H, N + V]: decompresses the latent into per-head keys and values."""
+        m = self.config
+        return self._weight("kv_b", (m.kv_lora_rank, m.num_heads, m.qk_nope_head_dim + m.v_head_dim),
+                            ("kv_lora", "heads", "kv"))
+
+    def out_weight(self):
+        m = self.config
+        return self._weight("o", (m.num_heads, m.v_head_dim, m.d_model), ("heads", "kv", "embed"))
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids=None):
+        """x: [B,T,D], positions: [B,T] int, segment_ids: [B,T] int or None -> [B,T,D]."""
+        m = self.config
+        x = x.astype(self.dtype)
+        q_nope, q_rope = self.project_query(x, positions)
+        c_kv, k_rope = self.compress_kv(x, positions)
+        kv = jnp.einsum("btl,lhk->bthk", c_kv, self.kv_up_weight())  # [B,T,H,N+V]
+        k_nope, v = kv[..., : m.qk_nope_head_dim], kv[..., m.qk_nope_head_dim:]
+        # The rope key is shared by all heads (decoupled RoPE).
+        k_rope = jnp.broadcast_to(k_rope[:, :, None, :], k_nope.shape[:-1] + (m.qk_rope_head_dim,))
+        q = jnp.concatenate([q_nope, q_rope], axis=-1)
+        k = jnp.concatenate([k_nope, k_rope], axis=-1)
+        mask = attention_mask(positions, positions, segment_ids, segment_ids)
+        out = dot_product_attention(q, k, v, mask, softmax_scale(m))  # [B,T,H,V]
+        return jnp.einsum("bthv,hvd->btd", out, self.out_weight())

@@ -1,0 +1,165 @@
+"""DeepSeek-style decoder: embeddings, dense-first layers, MoE layers, head, MTP.
+
+    tokens [B, T] -> embed -> num_dense_layers x (MLA + dense MLP)
+                           -> (num_layers - num_dense_layers) x (MLA + MoE)
+                           -> final norm -> head -> logits [B, T, V]
+
+Each stack of identical layers runs under `nn.scan` (parameters stacked on a leading
+"layers" axis) so compile time does not grow with depth. Multi-token prediction
+(DeepSeek-V3) chains `mtp_depth` extra modules: module k combines the previous hidden
+state at position i with the embedding of token i+k and predicts token i+k+1 through
+the shared head.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moe_jax.layers.attention import MLA
+from moe_jax.layers.initializers import dense_init
+from moe_jax.layers.mlp import MLP
+from moe_jax.layers.norms import RMSNorm
+from moe_jax.moe.block import MoEBlock
+from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def dtype_of(name: str):
+    return jnp.dtype(name)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)); returns (x, moe stats)."""
+
+    config: object
+    use_moe: bool
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids):
+        m = self.config
+        dtype, param_dtype = dtype_of(m.dtype), dtype_of(m.param_dtype)
+        norm = lambda name: RMSNorm(m.rms_eps, dtype, param_dtype, name=name)
+        x = x + MLA(m, dtype, param_dtype, name="attn")(norm("attn_norm")(x), positions, segment_ids)
+        h = norm("mlp_norm")(x)
+        if self.use_moe:
+            out, stats = MoEBlock(m, dtype, param_dtype, name="moe")(h)
+        else:
+            out, stats = MLP(m.d_model, m.dense_ffn, m.init_std, dtype, param_dtype, name="mlp")(h), {}
+        return x + out, stats
+
+
+def _layer_stack(m, use_moe: bool, count: int, name: str):
+    """`count` DecoderLayers: one module under nn.scan, or a list when scan_layers=False."""
+    layer_cls = DecoderLayer
+    if m.remat_policy != "none":
+        layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[m.remat_policy],
+                             prevent_cse=not m.scan_layers)
+    if not m.scan_layers:
+        return [layer_cls(m, use_moe, name=f"{name}_{i}") for i in range(count)]
+    scanned = nn.scan(
+        layer_cls,
+        variable_axes={"params": 0, BIAS_COLLECTION: 0, LOAD_COLLECTION: 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=count,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    return scanned(m, use_moe, name=name)
+
+
+def _run_stack(stack, x, positions, segment_ids):
+    """Apply a layer stack; stats come back stacked on a leading layer axis either way."""
+    if not isinstance(stack, (list, tuple)):
+        return stack(x, positions, segment_ids)
+    all_stats = []
+    for layer in stack:
+        x, stats = layer(x, positions, segment_ids)
+        all_stats.append(stats)
+    return x, jax.tree.map(lambda *s: jnp.stack(s), *all_stats)
+
+
+class MTPModule(nn.Module):
+    """One multi-token-prediction depth: h_k = Layer(W [norm(emb(t_{i+k})); norm(h_{k-1})])."""
+
+    config: object
+
+    @nn.compact
+    def __call__(self, hidden, next_embeddings, positions, segment_ids):
+        m = self.config
+        dtype, param_dtype = dtype_of(m.dtype), dtype_of(m.param_dtype)
+        e = RMSNorm(m.rms_eps, dtype, param_dtype, name="embed_norm")(next_embeddings)
+        h = RMSNorm(m.rms_eps, dtype, param_dtype, name="hidden_norm")(hidden)
+        w = self.param("proj", dense_init(m.init_std, ("mtp_concat", "embed")),
+                       (2 * m.d_model, m.d_model), param_dtype)
+        x = jnp.concatenate([e, h], axis=-1) @ w.astype(dtype)  # [B, T, 2D] -> [B, T, D]
+        use_moe = m.num_layers > m.num_dense_layers
+        x, stats = DecoderLayer(m, use_moe, name="layer")(x, positions, segment_ids)
+        return x, RMSNorm(m.rms_eps, dtype, param_dtype, name="out_norm")(x), stats
+
+
+class Transformer(nn.Module):
+    """tokens [B, T] -> (logits [B, T, V] float32, extras).
+
+    extras: "moe_stats" (per-layer routing statistics stacked on a leading layer axis),
+    "mtp_logits" ([mtp_depth, B, T, V]; position i of depth k predicts token i+k+1),
+    "mtp_stats" (routing statistics of the MTP layers).
+    """
+
+    config: object
+
+    def setup(self):
+        m = self.config
+        dtype, param_dtype = dtype_of(m.dtype), dtype_of(m.param_dtype)
+        self.embed = nn.Embed(
+            m.vocab_size, m.d_model, dtype=dtype, param_dtype=param_dtype,
+            embedding_init=nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=m.init_std), ("vocab", "embed")))
+        if m.num_dense_layers:
+            self.dense_layers = _layer_stack(m, False, m.num_dense_layers, "dense_layers")
+        if m.num_layers > m.num_dense_layers:
+            self.moe_layers = _layer_stack(m, True, m.num_layers - m.num_dense_layers, "moe_layers")
+        self.final_norm = RMSNorm(m.rms_eps, dtype, param_dtype)
+        if not m.tie_embeddings:
+            self.head = self.param("head", dense_init(m.init_std, ("embed", "vocab")),
+                                   (m.d_model, m.vocab_size), param_dtype)
+        self.mtp = [MTPModule(m, name=f"mtp_{k}") for k in range(m.mtp_depth)]
+
+    def logits(self, normed_hidden):
+        m = self.config
+        if m.tie_embeddings:
+            out = self.embed.attend(normed_hidden)
+        else:
+            out = normed_hidden @ self.head.astype(dtype_of(m.dtype))
+        return out.astype(jnp.float32)
+
+    def __call__(self, tokens, positions=None, segment_ids=None):
+        m = self.config
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+        x = self.embed(tokens)
+        if m.num_dense_layers:
+            x, _ = _run_stack(self.dense_layers, x, positions, segment_ids)
+        moe_stats = {}
+        if m.num_layers > m.num_dense_layers:
+            x, moe_stats = _run_stack(self.moe_layers, x, positions, segment_ids)
+        logits = self.logits(self.final_norm(x))
+
+        mtp_logits, mtp_stats = [], []
+        hidden = x
+        for k, module in enumerate(self.mtp, start=1):
+            # Token i+k, padded at the end; the loss masks positions past the sequence.
+            shifted = jnp.pad(tokens[:, k:], ((0, 0), (0, k)))
+            hidden, normed, stats = module(hidden, self.embed(shifted), positions, segment_ids)
+            mtp_logits.append(self.logits(normed))
+            mtp_stats.append(stats)
+        extras = {"moe_stats": moe_stats, "mtp_stats": mtp_stats}
+        if mtp_logits:
+            extras["mtp_logits"] = jnp.stack(mtp_logits)
+        return logits, extras

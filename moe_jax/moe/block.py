@@ -1,0 +1,61 @@
+"""The MoE feed-forward block: shared experts + router + routed experts.
+
+y = shared(x) + sum_k g_k(x) * expert_{e_k}(x)
+
+Routed expert weights are stacked along a leading expert axis E so that dispatch
+engines and expert parallelism can treat them as one array each.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from moe_jax.layers.initializers import dense_init
+from moe_jax.layers.mlp import MLP
+from moe_jax.moe import dispatch
+from moe_jax.moe.router import (Router, balance_loss, expert_counts, router_z_loss,
+                                sequence_balance_loss)
+
+
+class MoEBlock(nn.Module):
+    """x [B, T, D] -> (y [B, T, D], stats). `config` is the model ConfigDict."""
+
+    config: object
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def expert_weights(self) -> dispatch.ExpertWeights:
+        m = self.config
+        shape_in = (m.num_experts, m.d_model, m.expert_ffn)
+        axes_in = ("expert", "embed", "expert_mlp")
+        gate = self.param("wi_gate", dense_init(m.init_std, axes_in), shape_in, self.param_dtype)
+        up = self.param("wi_up", dense_init(m.init_std, axes_in), shape_in, self.param_dtype)
+        down = self.param("wo", dense_init(m.init_std, ("expert", "expert_mlp", "embed")),
+                          (m.num_experts, m.expert_ffn, m.d_model), self.param_dtype)
+        return dispatch.ExpertWeights(gate.astype(self.dtype), up.astype(self.dtype),
+                                      down.astype(self.dtype))
+
+    @nn.compact
+    def __call__(self, x):
+        m = self.config
+        batch, length, d_model = x.shape
+        tokens = x.reshape(batch * length, d_model).astype(self.dtype)  # [S, D]
+        routing, logits = Router(m, self.param_dtype, name="router")(tokens)
+        engine = dispatch.get_engine(m.dispatch)
+        y, num_dropped = engine(tokens, routing.expert_index, routing.combine_weights,
+                                self.expert_weights(), m.capacity_factor)
+        if m.num_shared_experts:
+            y = y + MLP(m.d_model, m.num_shared_experts * m.expert_ffn, m.init_std, self.dtype,
+                        self.param_dtype, name="shared")(tokens)
+
+        load = expert_counts(routing.expert_index, m.num_experts)  # [E]
+        stats = {
+            "expert_load": load / load.sum(),
+            "dropped_fraction": num_dropped.astype(jnp.float32) / routing.expert_index.size,
+            "balance_loss": balance_loss(routing.scores, routing.expert_index, m.top_k),
+            "seq_balance_loss": sequence_balance_loss(routing.scores, routing.expert_index,
+                                                      m.top_k, batch),
+            "z_loss": router_z_loss(logits),
+        }
+        return y.reshape(batch, length, d_model), stats

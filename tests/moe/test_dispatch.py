@@ -1,0 +1,77 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_jax.moe import dispatch
+
+
+def make_problem(seed=0, num_tokens=48, d_model=16, num_experts=8, ffn=12, top_k=2, all_to=None):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+    x = jax.random.normal(keys[0], (num_tokens, d_model))
+    experts = dispatch.ExpertWeights(
+        jax.random.normal(keys[1], (num_experts, d_model, ffn)) * 0.3,
+        jax.random.normal(keys[2], (num_experts, d_model, ffn)) * 0.3,
+        jax.random.normal(keys[3], (num_experts, ffn, d_model)) * 0.3)
+    logits = jax.random.normal(keys[4], (num_tokens, num_experts))
+    if all_to is not None:  # adversarial: every token's first choice is one expert
+        logits = logits.at[:, all_to].set(100.0)
+    weights, index = jax.lax.top_k(jax.nn.softmax(logits), top_k)
+    return x, index.astype(jnp.int32), weights, experts
+
+
+@pytest.mark.parametrize("all_to", [None, 3])
+def test_capacity_equals_reference_when_nothing_dropped(all_to):
+    x, index, weights, experts = make_problem(all_to=all_to)
+    # A factor of E / K guarantees room for every assignment.
+    y_ref, _ = dispatch.reference(x, index, weights, experts)
+    y, dropped = jax.jit(dispatch.capacity, static_argnums=4)(x, index, weights, experts, 4.0)
+    assert int(dropped) == 0
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+
+    def loss(engine, *args):
+        return jnp.sum(engine(*args)[0] ** 2)
+
+    grads_ref = jax.grad(lambda *a: loss(dispatch.reference, *a), argnums=(0, 2, 3))(x, index, weights, experts)
+    grads = jax.grad(lambda *a: loss(lambda *b: dispatch.capacity(*b, 4.0), *a),
+                     argnums=(0, 2, 3))(x, index, weights, experts)
+    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_allclose(g, g_ref, atol=1e-5)
+
+
+def test_capacity_drops_exactly_the_overflow():
+    # 8 tokens, K=1, all to expert 0, E=4, factor 1: C = ceil(8*1/4*1) = 2 slots.
+    # Tokens 0 and 1 are kept (first come), the other 6 are dropped and output zero.
+    x, _, _, experts = make_problem(num_tokens=8, num_experts=4, top_k=1)
+    index = jnp.zeros((8, 1), jnp.int32)
+    weights = jnp.ones((8, 1))
+    y, dropped = dispatch.capacity(x, index, weights, experts, 1.0)
+    assert int(dropped) == 6
+    y_ref, _ = dispatch.reference(x, index, weights, experts)
+    np.testing.assert_allclose(y[:2], y_ref[:2], atol=1e-5)
+    np.testing.assert_array_equal(y[2:], 0.0)
+
+
+def test_first_choices_win_capacity_before_second_choices():
+    # 4 tokens, K=2, E=2, factor 0.5: C = ceil(4*2/2*0.5) = 2. Every token picks expert 0
+    # first and expert 1 second: expert 0 keeps the first choices of tokens 0, 1 and
+    # expert 1 the second choices of tokens 0, 1; 4 assignments are dropped.
+    x, _, _, experts = make_problem(num_tokens=4, num_experts=2, top_k=2)
+    index = jnp.array([[0, 1]] * 4, jnp.int32)
+    weights = jnp.full((4, 2), 0.5)
+    y, dropped = dispatch.capacity(x, index, weights, experts, 0.5)
+    assert int(dropped) == 4
+    y_ref, _ = dispatch.reference(x, index, weights, experts)
+    np.testing.assert_allclose(y[:2], y_ref[:2], atol=1e-5)
+    np.testing.assert_array_equal(y[2:], 0.0)
+
+
+def test_rank_within_expert():
+    rank, sizes = dispatch.rank_within_expert(jnp.array([2, 0, 2, 2, 1, 0]), 4)
+    np.testing.assert_array_equal(rank, [0, 0, 1, 2, 0, 1])
+    np.testing.assert_array_equal(sizes, [2, 1, 3, 0])
+
+
+def test_unknown_engine_names_the_field():
+    with pytest.raises(ValueError, match="model.dispatch"):
+        dispatch.get_engine("magic")
