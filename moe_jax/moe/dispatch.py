@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.layers.mlp import swiglu
+from moe_jax.moe.dropless import dropless
 
 
 class ExpertWeights(NamedTuple):
@@ -99,6 +100,7 @@ def capacity(x, expert_index, combine_weights, experts: ExpertWeights, capacity_
 ENGINES: dict[str, Callable] = {
     "reference": reference,
     "capacity": capacity,
+    "dropless": dropless,
 }
 
 

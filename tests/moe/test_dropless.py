@@ -1,0 +1,134 @@
+"""Dropless dispatch equals the reference loop over experts: outputs and every gradient."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moe_jax.moe import dispatch, dropless
+
+# S = 37 tokens: not a multiple of any tile, so every expert's block ends in padding.
+NUM_TOKENS, D_MODEL, NUM_EXPERTS, FFN = 37, 16, 8, 12
+# Small tiles so that the tiny problem still takes every path of the CPU kernel: several
+# big tiles per expert, then medium and small ones.
+SMALL_TILES = (8, 4)
+
+
+def make_problem(routing, top_k, dtype=jnp.float32, seed=0):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+    x = jax.random.normal(keys[0], (NUM_TOKENS, D_MODEL))
+    experts = dispatch.ExpertWeights(
+        jax.random.normal(keys[1], (NUM_EXPERTS, D_MODEL, FFN)) * 0.3,
+        jax.random.normal(keys[2], (NUM_EXPERTS, D_MODEL, FFN)) * 0.3,
+        jax.random.normal(keys[3], (NUM_EXPERTS, FFN, D_MODEL)) * 0.3)
+    logits = jax.random.normal(keys[4], (NUM_TOKENS, NUM_EXPERTS))
+    if routing == "all_to_one":  # every token's first choice is expert 5
+        logits = logits.at[:, 5].set(100.0)
+    elif routing == "half_empty":  # experts 4..7 get nothing; 0..3 share everything
+        logits = logits.at[:, 4:].set(-100.0)
+    weights, index = jax.lax.top_k(jax.nn.softmax(logits), top_k)
+    # A fixed random cotangent: the gradient of sum(y) alone would be a broadcast of ones,
+    # which cannot tell a row from its neighbour.
+    cotangent = jax.random.normal(keys[5], (NUM_TOKENS, D_MODEL))
+    cast = lambda a: a.astype(dtype)  # noqa: E731
+    return cast(x), index.astype(jnp.int32), weights, jax.tree.map(cast, experts), cotangent
+
+
+def value_and_grads(engine, x, index, weights, experts, cotangent):
+    """jit(value_and_grad) of <y, cotangent> w.r.t. x, combine weights, all expert weights."""
+
+    def loss(x, weights, experts):
+        y, num_dropped = engine(x, index, weights, experts, None)
+        return jnp.sum(y.astype(jnp.float32) * cotangent), (y, num_dropped)
+
+    (_, (y, num_dropped)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+        x, weights, experts)
+    return y, num_dropped, grads
+
+
+def assert_close_tree(actual, expected, tol):
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32), rtol=tol, atol=tol)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_results(routing, top_k, dtype=jnp.float32):
+    """Reference outputs and gradients, computed once per problem and shared by the tests."""
+    return value_and_grads(dispatch.reference, *make_problem(routing, top_k, dtype))
+
+
+IMPLEMENTATIONS = {
+    "tiled": functools.partial(dropless.dropless, implementation="tiled", tiles=SMALL_TILES),
+    "tiled_one_size": functools.partial(dropless.dropless, implementation="tiled", tiles=(4,)),
+    # ragged_dot is the GPU/TPU path; on CPU it runs (slowly), so the tiny case proves it.
+    "ragged_dot": functools.partial(dropless.dropless, implementation="ragged_dot"),
+}
+
+
+ROUTINGS = [("random", 2), ("random", 1), ("random", 6), ("all_to_one", 2), ("half_empty", 3)]
+CASES = ([("tiled", *r) for r in ROUTINGS]
+         # One tile size only, and the accelerator path, on the two hardest routings.
+         + [(impl, *r) for impl in ("tiled_one_size", "ragged_dot") for r in ROUTINGS[3:]])
+
+
+@pytest.mark.parametrize("implementation,routing,top_k", CASES)
+def test_equals_reference_float32(implementation, routing, top_k):
+    y_ref, _, grads_ref = reference_results(routing, top_k)
+    y, num_dropped, grads = value_and_grads(IMPLEMENTATIONS[implementation], *make_problem(routing, top_k))
+    assert int(num_dropped) == 0
+    assert y.dtype == jnp.float32
+    assert_close_tree(y, y_ref, 1e-5)
+    assert_close_tree(grads, grads_ref, 1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["tiled", "ragged_dot"])
+def test_equals_reference_bfloat16(implementation):
+    y_ref, _, grads_ref = reference_results("random", 2, jnp.bfloat16)
+    y, _, grads = value_and_grads(IMPLEMENTATIONS[implementation], *make_problem("random", 2, jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16
+    assert all(g.dtype == r.dtype for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)))
+    # bfloat16 keeps 8 bits of mantissa (relative step 2^-8 = 0.4%); the two engines round
+    # at different places and sum in different orders, so allow a few steps on O(1) values.
+    assert_close_tree(y, y_ref, 5e-2)
+    assert_close_tree(grads, grads_ref, 1e-1)
+
+
+def test_gradient_of_plain_sum():
+    # The benchmark's loss: dy is a broadcast, which the CPU kernel must not mishandle.
+    x, index, weights, experts, _ = make_problem("random", 2)
+    ones = jnp.ones((NUM_TOKENS, D_MODEL))
+    _, _, grads_ref = value_and_grads(dispatch.reference, x, index, weights, experts, ones)
+    _, _, grads = value_and_grads(IMPLEMENTATIONS["tiled"], x, index, weights, experts, ones)
+    assert_close_tree(grads, grads_ref, 1e-5)
+
+
+def test_is_registered_and_cpu_default_is_tiled():
+    assert dispatch.get_engine("dropless") is dropless.dropless
+    assert dropless.default_implementation() == ("tiled" if jax.default_backend() == "cpu" else "ragged_dot")
+
+
+def test_sorted_layout():
+    # 4 tokens, K = 2, E = 3, blocks aligned to 4 rows. Flat assignments n = s K + k:
+    #   expert_index = [[2, 0], [0, 2], [2, 1], [0, 2]]  ->  experts of n = 0..7:
+    #   2 0 0 2 2 1 0 2. Expert 0 gets n = 1, 2, 6 (3 rows, block of 4 at row 0);
+    #   expert 1 gets n = 5 (block of 4 at row 4); expert 2 gets n = 0, 3, 4, 7 (block of
+    #   4 at row 8). R = (8 + 3 * (4 - 1)) // 4 * 4 = 16 rows.
+    index = jnp.array([[2, 0], [0, 2], [2, 1], [0, 2]], jnp.int32)
+    layout = dropless.sort_by_expert(index, 3, align=4)
+    np.testing.assert_array_equal(layout.group_sizes, [3, 1, 4])
+    np.testing.assert_array_equal(layout.block_start, [0, 4, 8])
+    np.testing.assert_array_equal(layout.block_rows, [4, 4, 4])
+    np.testing.assert_array_equal(layout.assignment_row, [[8, 0], [1, 9], [10, 4], [2, 11]])
+    pad = 8  # N: padding rows point past the last assignment
+    np.testing.assert_array_equal(layout.row_assignment,
+                                  [1, 2, 6, pad, 5, pad, pad, pad, 0, 3, 4, 7, pad, pad, pad, pad])
+    np.testing.assert_array_equal(layout.row_token,
+                                  [0, 1, 3, 4, 2, 4, 4, 4, 0, 1, 2, 3, 4, 4, 4, 4])
+
+
+def test_tiles_must_divide_each_other():
+    x, index, weights, experts, _ = make_problem("random", 2)
+    with pytest.raises(ValueError, match="multiple"):
+        dropless.dropless(x, index, weights, experts, tiles=(6, 4))
