@@ -1,0 +1,165 @@
+"""MoE layer dispatch engines against a dense SwiGLU MLP with the same active FLOPs.
+
+Prints ONE JSON line. For each engine, the time of one jitted fwd+bwd step
+(value_and_grad of sum(y) w.r.t. x and all expert weights), divided by the time of the
+same step for a dense SwiGLU MLP with ffn = K * expert_ffn, i.e. the FLOPs a perfectly
+efficient dropless layer would do. Timings are interleaved (dense, engine, engine, ...
+per round) and each ratio is the median over rounds of (engine / dense) in that round,
+so load from other work on a shared machine hits both sides alike.
+
+    python benchmarks/moe_layer.py                      # S=4096 D=512 E=64 K=6 F=256 fp32
+    python benchmarks/moe_layer.py --tokens 1024 --with-reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_jax.layers.mlp import swiglu
+from moe_jax.moe import dispatch, dropless
+
+LIMITS = {"dropless": 1.5, "capacity": 1.6}  # max fwd+bwd time / dense time
+TARGETS = {"dropless": 1.3}
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--experts", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=6)
+    p.add_argument("--expert-ffn", type=int, default=256)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--capacity-factor", type=float, default=1.25)
+    p.add_argument("--tiles", default=",".join(map(str, dropless.DEFAULT_TILES)),
+                   help="dropless CPU tile sizes, biggest first, e.g. 256,64")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    p.add_argument("--with-reference", action="store_true", help="also time the E-times-work loop")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def make_inputs(a):
+    dtype = jnp.dtype(a.dtype)
+    k_x, k_logits, k_g, k_u, k_d, k_dense = jax.random.split(jax.random.PRNGKey(a.seed), 6)
+    S, D, E, F, K = a.tokens, a.d_model, a.experts, a.expert_ffn, a.top_k
+    x = jax.random.normal(k_x, (S, D), dtype)
+    # Softmax top-k of random normal logits: close to uniform load, but with the usual
+    # Poisson-like spread, which is what makes a capacity engine drop tokens.
+    logits = jax.random.normal(k_logits, (S, E), jnp.float32)
+    combine_weights, expert_index = jax.lax.top_k(jax.nn.softmax(logits, axis=-1), K)
+    experts = dispatch.ExpertWeights(
+        gate=(jax.random.normal(k_g, (E, D, F)) / D**0.5).astype(dtype),
+        up=(jax.random.normal(k_u, (E, D, F)) / D**0.5).astype(dtype),
+        down=(jax.random.normal(k_d, (E, F, D)) / F**0.5).astype(dtype),
+    )
+    kg, ku, kd = jax.random.split(k_dense, 3)
+    dense = (  # ffn = K * F: the active FLOPs of one token in the MoE layer
+        (jax.random.normal(kg, (D, K * F)) / D**0.5).astype(dtype),
+        (jax.random.normal(ku, (D, K * F)) / D**0.5).astype(dtype),
+        (jax.random.normal(kd, (K * F, D)) / (K * F) ** 0.5).astype(dtype),
+    )
+    return x, expert_index, combine_weights, experts, dense
+
+
+def engine_step(engine, capacity_factor):
+    # Routing is an argument, not a closed-over constant: XLA would otherwise
+    # constant-fold the index arithmetic (and the capacity engine's scatters) at compile time.
+    def loss(x, experts, expert_index, combine_weights):
+        y, num_dropped = engine(x, expert_index, combine_weights, experts, capacity_factor)
+        return jnp.sum(y.astype(jnp.float32)), num_dropped
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
+def dense_step():
+    def loss(x, weights):
+        return jnp.sum(swiglu(x, *weights).astype(jnp.float32))
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def compiled_memory(step, *args):
+    """Bytes of arguments + outputs + temporaries of the compiled step, or (None, why)."""
+    try:
+        stats = step.lower(*args).compile().memory_analysis()
+    except Exception as e:  # noqa: BLE001 - a backend without the analysis must not stop the run
+        return None, f"memory_analysis failed: {type(e).__name__}"
+    if stats is None:
+        return None, "memory_analysis() returned None on this backend"
+    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes), None
+
+
+def timed(step, *args):
+    start = time.perf_counter()
+    jax.block_until_ready(step(*args))
+    return time.perf_counter() - start
+
+
+def main():
+    a = parse_args()
+    x, expert_index, combine_weights, experts, dense = make_inputs(a)
+    num_assignments = a.tokens * a.top_k
+    load = np.bincount(np.asarray(expert_index).ravel(), minlength=a.experts)
+
+    tiles = tuple(int(t) for t in a.tiles.split(","))
+    engines = {"capacity": dispatch.capacity,
+               "dropless": lambda *args: dropless.dropless(*args, tiles=tiles)}
+    if a.with_reference:
+        engines["reference"] = dispatch.reference
+    steps = {"dense": (dense_step(), (x, dense))}
+    for name, engine in engines.items():
+        steps[name] = (engine_step(engine, a.capacity_factor), (x, experts, expert_index, combine_weights))
+
+    result = {name: {} for name in steps}
+    for name, (step, args) in steps.items():
+        out = step(*args)  # compile + warm up
+        if name != "dense":
+            (_, num_dropped), _ = out
+            result[name]["dropped_fraction"] = float(num_dropped) / num_assignments
+        result[name]["peak_memory_bytes"], why = compiled_memory(step, *args)
+        if why:
+            result[name]["peak_memory_null_why"] = why
+
+    times = {name: [] for name in steps}
+    for _ in range(a.rounds):
+        for name, (step, args) in steps.items():
+            times[name].append(timed(step, *args))
+    for name, ts in times.items():
+        result[name]["ms_median"] = round(1e3 * statistics.median(ts), 2)
+        result[name]["ms_min"] = round(1e3 * min(ts), 2)
+        if name != "dense":
+            ratios = [t / d for t, d in zip(ts, times["dense"])]
+            result[name]["vs_dense"] = round(statistics.median(ratios), 3)
+
+    figures = {
+        "benchmark": "moe_layer",
+        "shape": {"S": a.tokens, "D": a.d_model, "E": a.experts, "K": a.top_k, "F": a.expert_ffn,
+                  "dense_ffn": a.top_k * a.expert_ffn, "dtype": a.dtype},
+        "capacity_factor": a.capacity_factor,
+        "dropless_tiles": list(tiles),
+        "backend": jax.default_backend(),
+        "dropless_implementation": dropless.default_implementation(),
+        "routing": "softmax top-k of N(0,1) logits",
+        "expert_load_max_over_mean": round(float(load.max() / load.mean()), 3),
+        "empty_experts": int((load == 0).sum()),
+        "rounds": a.rounds,
+        "dropless_vs_dense": result["dropless"]["vs_dense"],
+        "capacity_vs_dense": result["capacity"]["vs_dense"],
+        "limits": LIMITS,
+        "targets": TARGETS,
+        "pass": {name: result[name]["vs_dense"] <= limit for name, limit in LIMITS.items()},
+        "engines": result,
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
