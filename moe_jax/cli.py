@@ -2,6 +2,7 @@
 
     moe-jax params --config configs/deepseek_v3.py [--json]
     moe-jax demo [--seconds 60]
+    moe-jax plan --config configs/deepseek_v3.py --mesh data=1,fsdp=32,expert=8,tensor=1 [--json]
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import json
 import sys
 import time
+
+from moe_jax.parallel.plan import add_plan_command
 
 
 def _params(args) -> int:
@@ -58,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train the tiny model on CPU for about a minute")
     d.add_argument("--seconds", type=float, default=60.0)
     d.set_defaults(func=_demo)
+    add_plan_command(sub)
     return parser
 
 
