@@ -1,0 +1,1 @@
+"""Interoperability with other tools' checkpoints (Hugging Face safetensors): see hf.py."""

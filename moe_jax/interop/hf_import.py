@@ -1,0 +1,191 @@
+"""Read a Hugging Face DeepSeek-V2/V3 checkpoint directory into our variables.
+
+    result = import_hf("DeepSeek-V2-Lite/")          # numpy arrays on the host
+    logits, _ = Transformer(result.model_config).apply(
+        {"params": result.params, "router_bias": result.router_bias}, tokens)
+
+Everything is checked against the headers before any tensor is read: missing and
+unexpected tensors and shape mismatches are reported together, by name. Tensors are
+then read one at a time straight into preallocated leaves (per-expert tensors into
+their slot of the stacked [L, E, D, F] array), so host memory peaks near the size of
+the result plus the largest single tensor. With `shardings`, each leaf is
+`jax.device_put` onto its sharding as soon as it is complete and its host copy dropped.
+FP8 tensors with `<name>_scale_inv` are dequantized block by block to `param_dtype`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from moe_jax.interop import fp8
+from moe_jax.interop.hf_config import HFLayout, model_config_from_hf
+from moe_jax.interop.hf_names import PARAMS, Slot, checkpoint_slots, leaf_shapes, mtp_layer_index
+from moe_jax.interop.safetensors_io import ShardReader, TensorInfo, scan_checkpoint
+from moe_jax.moe.router import BIAS_COLLECTION
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "config.json"
+_MAX_LISTED = 40
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not match what its config (or our model) implies."""
+
+    def __init__(self, directory: str, missing=(), unexpected=(), shapes=(), other=()):
+        self.missing, self.unexpected, self.shapes = sorted(missing), sorted(unexpected), list(shapes)
+        lines = [f"{directory}: checkpoint does not match the model"]
+        for title, items in (("missing tensors", self.missing), ("unexpected tensors", self.unexpected),
+                             ("shape mismatches", self.shapes), ("problems", list(other))):
+            if items:
+                shown = items[:_MAX_LISTED]
+                more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+                lines.append(f"  {title} ({len(items)}):\n    " + "\n    ".join(shown) + more)
+        super().__init__("\n".join(lines))
+
+
+class HFImport(NamedTuple):
+    params: dict  # our "params" collection (numpy arrays, or jax arrays with shardings)
+    router_bias: dict  # our "router_bias" collection (V3's e_score_correction_bias)
+    model_config: ml_collections.ConfigDict  # config.model
+    hf_config: dict  # the original config.json, for a faithful export
+
+
+def read_hf_config(directory: str) -> dict:
+    path = os.path.join(directory, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory}: no {CONFIG_FILE}; is this a Hugging Face checkpoint directory?")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _decide_mtp(m, layout: HFLayout, tensors: dict, include_mtp: bool | None) -> set[str]:
+    """Set m.mtp_depth; return the names of MTP tensors to ignore.
+
+    transformers does not save MTP layers although V3 configs declare one, so with
+    include_mtp=None a checkpoint without any MTP tensor imports without MTP.
+    """
+    mtp_names = {n for n in tensors if mtp_layer_index(n, m.num_layers) is not None}
+    if include_mtp is False:
+        m.mtp_depth = 0
+        return mtp_names
+    if include_mtp is None and not mtp_names:
+        if layout.mtp_layers:
+            log.info("config declares %d MTP layer(s) but the checkpoint holds none: importing "
+                     "without MTP", layout.mtp_layers)
+        m.mtp_depth = 0
+    else:
+        m.mtp_depth = layout.mtp_layers
+    return set()
+
+
+def check_tensors(directory: str, slots: list[Slot], tensors: dict[str, TensorInfo], ignored=frozenset()):
+    """Raise CheckpointMismatchError listing every missing/unexpected/mis-shaped tensor."""
+    expected = {s.hf_name: s for s in slots}
+    missing, shapes, other = [], [], []
+    for name, slot in expected.items():
+        info = tensors.get(name)
+        if info is None:
+            missing.append(name)
+            continue
+        if info.shape != slot.hf_shape:
+            shapes.append(f"{name}: checkpoint {list(info.shape)}, model expects {list(slot.hf_shape)}")
+        scale = tensors.get(name + fp8.SCALE_SUFFIX)
+        if info.dtype.startswith("F8") and scale is None:
+            missing.append(name + fp8.SCALE_SUFFIX)
+        if scale is not None and len(slot.hf_shape) == 2:
+            want = fp8.scale_shape(slot.hf_shape)
+            if scale.shape != want:
+                shapes.append(f"{name + fp8.SCALE_SUFFIX}: checkpoint {list(scale.shape)}, expected {list(want)}")
+        if scale is not None and not info.dtype.startswith("F8"):
+            other.append(f"{name}: has {fp8.SCALE_SUFFIX} but is stored as {info.dtype}, not float8")
+    unexpected = [n for n in tensors if n not in expected and n not in ignored
+                  and not (n.endswith(fp8.SCALE_SUFFIX) and n[: -len(fp8.SCALE_SUFFIX)] in expected)]
+    if missing or unexpected or shapes or other:
+        raise CheckpointMismatchError(directory, missing, unexpected, shapes, other)
+
+
+def _read_hf_value(reader: ShardReader, tensors: dict, slot: Slot, dtype) -> np.ndarray:
+    info = tensors[slot.hf_name]
+    value = reader.read(info)
+    scale = tensors.get(slot.hf_name + fp8.SCALE_SUFFIX)
+    if scale is not None:
+        value = fp8.dequantize(value, reader.read(scale), dtype)
+    return value
+
+
+def _sharding_for(shardings, collection: str, path: tuple[str, ...]):
+    if shardings is None or isinstance(shardings, jax.sharding.Sharding):
+        return shardings
+    node = shardings[collection]
+    for key in path:
+        node = node[key]
+    return node
+
+
+def _set(tree: dict, path: tuple[str, ...], value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def import_hf(directory: str, *, param_dtype: str = "float32", dtype: str | None = None,
+              shardings: Any = None, include_mtp: bool | None = None, progress: bool = True) -> HFImport:
+    """Load a HF DeepSeek-V2/V2-Lite/V3 checkpoint directory.
+
+    param_dtype: dtype of the returned weights (FP8 weights are dequantized to it);
+      dtype: the model's compute dtype (default: param_dtype).
+    shardings: None (host numpy arrays), one jax Sharding for every leaf, or a tree
+      {"params": ..., "router_bias": ...} of Shardings with the result's structure.
+    include_mtp: None imports MTP layers when the checkpoint has them; False ignores them.
+    """
+    hf_config = read_hf_config(directory)
+    m, layout = model_config_from_hf(hf_config, param_dtype=param_dtype, dtype=dtype)
+    tensors = scan_checkpoint(directory)
+    ignored = _decide_mtp(m, layout, tensors, include_mtp)
+    slots = checkpoint_slots(m, layout.model_type, layout.rope_interleaved)
+    check_tensors(directory, slots, tensors, ignored)
+
+    np_dtype = np.dtype(jax.numpy.dtype(param_dtype))
+    by_leaf: dict[tuple, list[Slot]] = {}
+    for slot in slots:
+        by_leaf.setdefault((slot.collection, slot.path), []).append(slot)
+    out = {PARAMS: {}, BIAS_COLLECTION: {}}
+    duplicates = [s for s in slots if s.duplicate]
+    bar = tqdm(total=len(slots), desc=f"import {os.path.basename(os.path.normpath(directory))}",
+               unit="tensor", disable=not progress)
+    with ShardReader() as reader:
+        for (collection, path), shape in leaf_shapes(slots).items():
+            leaf = np.empty(shape, np.float32 if collection == BIAS_COLLECTION else np_dtype)
+            for slot in by_leaf[(collection, path)]:
+                if slot.duplicate:
+                    continue
+                value = _read_hf_value(reader, tensors, slot, leaf.dtype)
+                leaf[slot.index] = slot.to_ours(value)  # casts to the leaf's dtype in the copy
+                del value
+                bar.update()
+            sharding = _sharding_for(shardings, collection, path)
+            _set(out[collection], path, leaf if sharding is None else jax.device_put(leaf, sharding))
+            del leaf
+        for slot in duplicates:
+            copy = slot.to_ours(_read_hf_value(reader, tensors, slot, np_dtype))
+            main = np.asarray(_get(out[slot.collection], slot.path))
+            if not np.array_equal(copy, main):
+                log.warning("%s differs from the main model's copy; our MTP shares the main one",
+                            slot.hf_name)
+            bar.update()
+    bar.close()
+    return HFImport(out[PARAMS], out[BIAS_COLLECTION], m, hf_config)
