@@ -13,6 +13,7 @@ import sys
 import time
 
 from moe_jax.parallel.plan import add_plan_command
+from moe_jax.interop.cli import add_convert_command
 
 
 def _params(args) -> int:
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seconds", type=float, default=60.0)
     d.set_defaults(func=_demo)
     add_plan_command(sub)
+    add_convert_command(sub)
     return parser
 
 

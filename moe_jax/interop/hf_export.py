@@ -37,6 +37,12 @@ from moe_jax.moe.router import BIAS_COLLECTION
 TORCH_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
+def source_dtype(hf_config: dict | None) -> str | None:
+    """The weight dtype a config.json names ("dtype", or "torch_dtype" before transformers 5)."""
+    name = (hf_config or {}).get("dtype") or (hf_config or {}).get("torch_dtype")
+    return name if name in TORCH_DTYPE_NAMES else None
+
+
 def _flatten(tree, prefix=()):
     if isinstance(tree, dict) or hasattr(tree, "items"):
         for key, value in tree.items():
@@ -64,7 +70,7 @@ def _check_variables(slots: list[Slot], variables: dict, m):
 
 def _prepare_target(directory: str, overwrite: bool):
     if os.path.exists(directory) and os.listdir(directory) and not overwrite:
-        raise FileExistsError(f"{directory} exists and is not empty (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{directory} exists and is not empty (overwrite=True or --overwrite replaces it)")
 
 
 def commit_directory(tmp: str, directory: str):
@@ -122,12 +128,12 @@ def export_hf(directory: str, params: dict, router_bias: dict, model_config, *, 
     """Write a HF checkpoint directory; returns its path.
 
     dtype: dtype of the written weights ("bfloat16", "float32", "float16"); default the
-      model's param_dtype. Router correction biases are always float32, as DeepSeek ships them.
+      dtype named in `hf_config` (the imported checkpoint's), else the model's param_dtype. Router correction biases are always float32, as DeepSeek ships them.
     fp8: quantize decoder-layer projections (not the router, embeddings, head or norms)
       to float8_e4m3fn with 128x128 block scales.
     """
     m = model_config
-    dtype = dtype or m.param_dtype
+    dtype = dtype or source_dtype(hf_config) or m.param_dtype
     if dtype not in TORCH_DTYPE_NAMES:
         raise ValueError(f"dtype {dtype!r}: expected one of {sorted(TORCH_DTYPE_NAMES)}")
     np_dtype = np.dtype(jax.numpy.dtype(dtype))
