@@ -17,6 +17,8 @@ tested against:
   only when both are set and mscale(f) otherwise; we map the second case to mscale = 1,
   mscale_all_dim = 0, which gives the same numbers.
 - Absent keys take transformers' class defaults (`HF_DEFAULTS`).
+- Training settings (`aux_loss_alpha`, `seq_aux`, ...) are not mapped: balance-loss
+  coefficients and bias update rates come from the experiment config.
 
 Anything our model cannot compute exactly (biases, other activations, other rope
 types, `moe_layer_freq` != 1, ...) raises UnsupportedCheckpointError naming every
@@ -156,12 +158,6 @@ def _apply_routing(m, hf: dict, model_type: str, problems: list[str], notes: lis
         m.n_group, m.topk_group = int(n_group or 1), int(topk_group or 1)
         m.norm_topk_prob = bool(_get(hf, "norm_topk_prob"))
     m.routed_scaling = float(_get(hf, "routed_scaling_factor"))
-    alpha = hf.get("aux_loss_alpha")
-    if alpha is not None:  # a training setting; carried over for fine-tuning
-        if hf.get("seq_aux"):
-            m.seq_aux_loss_coef, m.aux_loss_coef = float(alpha), 0.0
-        else:
-            m.aux_loss_coef, m.seq_aux_loss_coef = float(alpha), 0.0
 
 
 def model_config_from_hf(hf: dict, param_dtype: str = "float32",
@@ -287,10 +283,14 @@ def hf_config_from_model(m, base: dict | None = None, torch_dtype: str = "bfloat
         routed_scaling_factor=m.routed_scaling, kv_lora_rank=m.kv_lora_rank,
         q_lora_rank=m.q_lora_rank or None, qk_rope_head_dim=m.qk_rope_head_dim,
         qk_nope_head_dim=m.qk_nope_head_dim, v_head_dim=m.v_head_dim,
-        n_group=m.n_group, topk_group=m.topk_group, num_experts_per_tok=m.top_k,
+        num_experts_per_tok=m.top_k,
         first_k_dense_replace=m.num_dense_layers, hidden_act="silu",
         max_position_embeddings=m.max_seq_len, initializer_range=m.init_std,
         rms_norm_eps=m.rms_eps, tie_word_embeddings=bool(m.tie_embeddings), attention_bias=False)
+    if model_type == "deepseek_v2" and m.n_group == 1 and "n_group" in base:
+        pass  # greedy V2 ignores the group fields: keep what the imported config said (often null)
+    else:
+        cfg.update(n_group=m.n_group, topk_group=m.topk_group)
     if model_type == "deepseek_v2":
         cfg["topk_method"] = "greedy" if m.n_group == 1 else "group_limited_greedy"
         if m.norm_topk_prob:
@@ -301,8 +301,12 @@ def hf_config_from_model(m, base: dict | None = None, torch_dtype: str = "bfloat
             cfg.setdefault("norm_topk_prob", False)
         cfg.setdefault("mlp_bias", False)
     else:
-        cfg.update(topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=bool(m.norm_topk_prob),
-                   num_nextn_predict_layers=m.mtp_depth)
+        cfg["norm_topk_prob"] = bool(m.norm_topk_prob)
+        if not base:  # as published; transformers-written configs leave these out
+            cfg.update(topk_method="noaux_tc", scoring_func="sigmoid")
+        if m.mtp_depth or "num_nextn_predict_layers" not in base:
+            # A V3 config declares MTP layers even where transformers saved none: keep it.
+            cfg["num_nextn_predict_layers"] = m.mtp_depth
         cfg.setdefault("rope_interleave", True)
         if m.top_k == 1 and m.norm_topk_prob:
             log.warning("top_k = 1 with norm_topk_prob: transformers renormalises the single weight to 1, "

@@ -83,3 +83,39 @@ def test_router_bias_lands_in_its_collection(case):
                      for layer in model.model.layers[first_moe:]])
     np.testing.assert_array_equal(imported.router_bias["moe_layers"]["moe"]["router"]["bias"], want)
     assert np.all(want != 0)
+
+
+def test_rotate_half_checkpoints_need_their_rope_rows_permuted(hf_checkpoints, tmp_path):
+    """v3_plain_tied has rope_interleave=false; read as if interleaved, its logits go wrong."""
+    import shutil
+
+    from interop.tiny_hf import rewrite_config
+    model, directory = hf_checkpoints("v3_plain_tied")
+    lying = str(tmp_path / "lying")
+    shutil.copytree(directory, lying)
+    rewrite_config(lying, rope_interleave=True)
+    imported = import_hf(lying, progress=False)
+    m = no_drop(imported.model_config)
+    tokens = np.random.RandomState(1).randint(0, m.vocab_size, (2, PROMPT + NEW_TOKENS))
+    ours = np.asarray(our_forward(m)(dict(params=imported.params, router_bias=imported.router_bias), tokens))
+    assert np.abs(ours - hf_logits(model, tokens)).max() > 1e-2
+
+
+def test_import_places_each_leaf_on_its_sharding(hf_checkpoints):
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    _, directory = hf_checkpoints("v3_group_yarn")  # 4 experts
+    host = import_hf(directory, progress=False)
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("expert", "data"))
+    replicated = NamedSharding(mesh, P())
+    by_expert = NamedSharding(mesh, P(None, "expert"))  # [L, E, ...]
+    shardings = {
+        "params": jax.tree_util.tree_map_with_path(
+            lambda path, x: by_expert if path[-1].key in ("wi_gate", "wi_up", "wo") else replicated, host.params),
+        "router_bias": jax.tree.map(lambda x: replicated, host.router_bias)}
+    placed = import_hf(directory, shardings=shardings, progress=False)
+    wi_up = placed.params["moe_layers"]["moe"]["wi_up"]
+    assert isinstance(wi_up, jax.Array) and wi_up.sharding == by_expert
+    assert wi_up.addressable_shards[0].data.shape == (2, 1, 32, 16)
+    for a, b in zip(jax.tree.leaves((host.params, host.router_bias)), jax.tree.leaves((placed.params, placed.router_bias))):
+        np.testing.assert_array_equal(a, np.asarray(b))

@@ -69,8 +69,11 @@ def build_hf_model(name: str, seed: int = 0, **overrides):
 
 
 def save_hf_model(model, directory: str, max_shard_size: str = "20KB", dtype=None) -> str:
-    if dtype is not None:
+    if dtype is not None:  # router correction biases stay float32, as DeepSeek ships them
         model = model.to(dtype)
+        for module in model.modules():
+            if hasattr(module, "e_score_correction_bias"):
+                module.e_score_correction_bias.data = module.e_score_correction_bias.data.float()
     model.save_pretrained(directory, max_shard_size=max_shard_size)
     return directory
 
