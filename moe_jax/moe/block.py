@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from moe_jax.layers.initializers import dense_init
 from moe_jax.layers.mlp import MLP
-from moe_jax.moe import dispatch
+from moe_jax.moe import dispatch, expert_parallel
 from moe_jax.moe.router import (Router, balance_loss, expert_counts, router_z_loss,
                                 sequence_balance_loss)
 
@@ -42,7 +42,9 @@ class MoEBlock(nn.Module):
         batch, length, d_model = x.shape
         tokens = x.reshape(batch * length, d_model).astype(self.dtype)  # [S, D]
         routing, logits = Router(m, self.param_dtype, name="router")(tokens)
-        engine = dispatch.get_engine(m.dispatch)
+        # Plain engine, or the same engine under expert parallelism when the mesh set by
+        # jax.set_mesh has an expert axis > 1.
+        engine = expert_parallel.engine_for_active_mesh(m.dispatch)
         y, num_dropped = engine(tokens, routing.expert_index, routing.combine_weights,
                                 self.expert_weights(), m.capacity_factor)
         if m.num_shared_experts:
