@@ -55,14 +55,14 @@ def build_hf_model(name: str, seed: int = 0, **overrides):
     arch, kwargs = CONFIGS[name]
     torch.manual_seed(seed)
     if arch == "deepseek_v3":
-        config = transformers.DeepseekV3Config(**_BASE, **dict(kwargs, **overrides))
+        config = transformers.DeepseekV3Config(**{**_BASE, **kwargs, **overrides})
         model = transformers.DeepseekV3ForCausalLM(config)
         with torch.no_grad():
             for layer in model.model.layers[config.first_k_dense_replace:]:
                 bias = layer.mlp.gate.e_score_correction_bias
                 bias.copy_(torch.randn(bias.shape) * 0.1)
     else:
-        config = transformers.DeepseekV2Config(**_BASE, **dict(kwargs, **overrides))
+        config = transformers.DeepseekV2Config(**{**_BASE, **kwargs, **overrides})
         model = transformers.DeepseekV2ForCausalLM(config)
     model.generation_config.eos_token_id = None  # always 20 new tokens
     return model.eval()
