@@ -299,15 +299,13 @@ def hf_config_from_model(m, base: dict | None = None, torch_dtype: str = "bfloat
             cfg["norm_topk_prob"] = True
         else:
             cfg.setdefault("norm_topk_prob", False)
-        cfg.setdefault("mlp_bias", False)
     else:
         cfg["norm_topk_prob"] = bool(m.norm_topk_prob)
         if not base:  # as published; transformers-written configs leave these out
-            cfg.update(topk_method="noaux_tc", scoring_func="sigmoid")
+            cfg.update(topk_method="noaux_tc", scoring_func="sigmoid", rope_interleave=True)
         if m.mtp_depth or "num_nextn_predict_layers" not in base:
             # A V3 config declares MTP layers even where transformers saved none: keep it.
             cfg["num_nextn_predict_layers"] = m.mtp_depth
-        cfg.setdefault("rope_interleave", True)
         if m.top_k == 1 and m.norm_topk_prob:
             log.warning("top_k = 1 with norm_topk_prob: transformers renormalises the single weight to 1, "
                         "our router keeps the raw score")

@@ -189,3 +189,25 @@ def test_fp8_export_reimports_within_fp8_error(fp8_case, tmp_path):
     w, w8 = imported.params["moe_layers"]["moe"]["wi_up"], again.params["moe_layers"]["moe"]["wi_up"]
     assert np.all(np.abs(w8 - w) <= 2.0 ** -4 * np.abs(w).max())
     np.testing.assert_array_equal(again.params["embed"]["embedding"], imported.params["embed"]["embedding"])
+
+
+def test_fp8_weight_without_its_scale_is_reported(fp8_case, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from moe_jax.interop.hf import CheckpointMismatchError
+
+    _, _, fp8_dir, _ = fp8_case
+    bad = str(tmp_path / "bad")
+    shutil.copytree(fp8_dir, bad)
+    name = "model.layers.1.mlp.experts.2.up_proj.weight_scale_inv"
+    index_path = os.path.join(bad, "model.safetensors.index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    shard = os.path.join(bad, index["weight_map"].pop(name))
+    tensors = load_file(shard)
+    del tensors[name]
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with open(index_path, "w") as f:
+        json.dump(index, f)
+    with pytest.raises(CheckpointMismatchError, match="missing tensors \\(1\\):\n    " + name):
+        import_hf(bad, progress=False)
