@@ -8,8 +8,10 @@ Everything is checked against the headers before any tensor is read: missing and
 unexpected tensors and shape mismatches are reported together, by name. Tensors are
 then read one at a time straight into preallocated leaves (per-expert tensors into
 their slot of the stacked [L, E, D, F] array), so host memory peaks near the size of
-the result plus the largest single tensor. With `shardings`, each leaf is
-`jax.device_put` onto its sharding as soon as it is complete and its host copy dropped.
+the result plus the largest single tensor. With `shardings`, each leaf is assembled
+shard by shard on its devices (see `_sharded_leaf`): the host holds one slab of the
+leaf at a time, never the whole stacked array, and each process reads only the tensors
+its own devices need.
 FP8 tensors with `<name>_scale_inv` are dequantized block by block to `param_dtype`.
 """
 
@@ -142,6 +144,40 @@ def _get(tree: dict, path: tuple[str, ...]):
     return tree
 
 
+def _fill(slab: np.ndarray, slots: list[Slot], lead_start: tuple[int, ...], read) -> None:
+    """Write every slot whose leading index falls in the slab (slab[0] is leaf[lead_start])."""
+    for slot in slots:
+        offset = tuple(i - s for i, s in zip(slot.index, lead_start))
+        if all(0 <= o < n for o, n in zip(offset, slab.shape)):
+            slab[offset] = slot.to_ours(read(slot))  # casts to the slab's dtype in the copy
+
+
+def _sharded_leaf(shape, dtype, sharding, slots: list[Slot], read) -> jax.Array:
+    """Build a leaf directly as per-device shards.
+
+    Devices are grouped by the range of the stacked (layer, expert) axes they hold; each
+    group's slab is filled from exactly the tensors in that range (each read once), its
+    per-device pieces are put on their devices, and it is dropped before the next group.
+    Host memory is one slab (1/n of the leaf when the expert axis is split n ways), and
+    each process reads only what its own devices hold.
+    """
+    lead = len(slots[0].index)
+    groups: dict[tuple, list] = {}
+    for device, index in sharding.addressable_devices_indices_map(shape).items():
+        bounds = tuple(sl.indices(n)[:2] for sl, n in zip(index, shape))
+        groups.setdefault(bounds[:lead], []).append((device, bounds[lead:]))
+    pieces = []
+    for lead_bounds, members in groups.items():
+        slab = np.empty(tuple(b - a for a, b in lead_bounds) + tuple(shape[lead:]), dtype)
+        _fill(slab, slots, tuple(a for a, _ in lead_bounds), read)
+        for device, inner in members:
+            piece = slab[(slice(None),) * lead + tuple(slice(a, b) for a, b in inner)]
+            pieces.append(jax.device_put(piece, device))
+        jax.block_until_ready(pieces)
+        del slab
+    return jax.make_array_from_single_device_arrays(shape, sharding, pieces)
+
+
 def import_hf(directory: str, *, param_dtype: str = "float32", dtype: str | None = None,
               shardings: Any = None, include_mtp: bool | None = None, progress: bool = True) -> HFImport:
     """Load a HF DeepSeek-V2/V2-Lite/V3 checkpoint directory.
@@ -168,24 +204,26 @@ def import_hf(directory: str, *, param_dtype: str = "float32", dtype: str | None
     bar = tqdm(total=len(slots), desc=f"import {os.path.basename(os.path.normpath(directory))}",
                unit="tensor", disable=not progress)
     with ShardReader() as reader:
+        def read(slot):
+            value = _read_hf_value(reader, tensors, slot, np_dtype)
+            bar.update()
+            return value
+
         for (collection, path), shape in leaf_shapes(slots).items():
-            leaf = np.empty(shape, np.float32 if collection == BIAS_COLLECTION else np_dtype)
-            for slot in by_leaf[(collection, path)]:
-                if slot.duplicate:
-                    continue
-                value = _read_hf_value(reader, tensors, slot, leaf.dtype)
-                leaf[slot.index] = slot.to_ours(value)  # casts to the leaf's dtype in the copy
-                del value
-                bar.update()
+            dtype = np.dtype(np.float32) if collection == BIAS_COLLECTION else np_dtype
+            leaf_slots = [s for s in by_leaf[(collection, path)] if not s.duplicate]
             sharding = _sharding_for(shardings, collection, path)
-            _set(out[collection], path, leaf if sharding is None else jax.device_put(leaf, sharding))
+            if sharding is None:
+                leaf = np.empty(shape, dtype)
+                _fill(leaf, leaf_slots, (0,) * len(leaf_slots[0].index), read)
+            else:
+                leaf = _sharded_leaf(shape, dtype, sharding, leaf_slots, read)
+            _set(out[collection], path, leaf)
             del leaf
         for slot in duplicates:
-            copy = slot.to_ours(_read_hf_value(reader, tensors, slot, np_dtype))
-            main = np.asarray(_get(out[slot.collection], slot.path))
-            if not np.array_equal(copy, main):
+            copy = slot.to_ours(read(slot))
+            if not np.array_equal(copy, np.asarray(_get(out[slot.collection], slot.path))):
                 log.warning("%s differs from the main model's copy; our MTP shares the main one",
                             slot.hf_name)
-            bar.update()
     bar.close()
     return HFImport(out[PARAMS], out[BIAS_COLLECTION], m, hf_config)

@@ -101,11 +101,17 @@ def test_rotate_half_checkpoints_need_their_rope_rows_permuted(hf_checkpoints, t
     assert np.abs(ours - hf_logits(model, tokens)).max() > 1e-2
 
 
-def test_import_places_each_leaf_on_its_sharding(hf_checkpoints):
+def test_import_places_each_leaf_on_its_sharding(hf_checkpoints, monkeypatch):
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+    from moe_jax.interop.safetensors_io import ShardReader
+
+    reads = []
+    real_read = ShardReader.read
+    monkeypatch.setattr(ShardReader, "read", lambda self, info: reads.append(info) or real_read(self, info))
     _, directory = hf_checkpoints("v3_group_yarn")  # 4 experts
     host = import_hf(directory, progress=False)
+    host_reads, reads[:] = len(reads), []
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("expert", "data"))
     replicated = NamedSharding(mesh, P())
     by_expert = NamedSharding(mesh, P(None, "expert"))  # [L, E, ...]
@@ -114,6 +120,7 @@ def test_import_places_each_leaf_on_its_sharding(hf_checkpoints):
             lambda path, x: by_expert if path[-1].key in ("wi_gate", "wi_up", "wo") else replicated, host.params),
         "router_bias": jax.tree.map(lambda x: replicated, host.router_bias)}
     placed = import_hf(directory, shardings=shardings, progress=False)
+    assert len(reads) == host_reads  # each tensor read once, whatever the device layout
     wi_up = placed.params["moe_layers"]["moe"]["wi_up"]
     assert isinstance(wi_up, jax.Array) and wi_up.sharding == by_expert
     assert wi_up.addressable_shards[0].data.shape == (2, 1, 32, 16)
