@@ -38,8 +38,8 @@ def parse_args():
     p.add_argument("--expert-ffn", type=int, default=256)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--capacity-factor", type=float, default=1.25)
-    p.add_argument("--tiles", default=",".join(map(str, dropless.DEFAULT_TILES)),
-                   help="dropless CPU tile sizes, biggest first, e.g. 256,64")
+    p.add_argument("--max-tile", type=int, default=dropless.DEFAULT_MAX_TILE, help="dropless CPU tile rows")
+    p.add_argument("--align", type=int, default=dropless.DEFAULT_ALIGN, help="dropless CPU block alignment")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     p.add_argument("--with-reference", action="store_true", help="also time the E-times-work loop")
     p.add_argument("--seed", type=int, default=0)
@@ -109,9 +109,8 @@ def main():
     num_assignments = a.tokens * a.top_k
     load = np.bincount(np.asarray(expert_index).ravel(), minlength=a.experts)
 
-    tiles = tuple(int(t) for t in a.tiles.split(","))
     engines = {"capacity": dispatch.capacity,
-               "dropless": lambda *args: dropless.dropless(*args, tiles=tiles)}
+               "dropless": lambda *args: dropless.dropless(*args, max_tile=a.max_tile, align=a.align)}
     if a.with_reference:
         engines["reference"] = dispatch.reference
     steps = {"dense": (dense_step(), (x, dense))}
@@ -144,7 +143,7 @@ def main():
         "shape": {"S": a.tokens, "D": a.d_model, "E": a.experts, "K": a.top_k, "F": a.expert_ffn,
                   "dense_ffn": a.top_k * a.expert_ffn, "dtype": a.dtype},
         "capacity_factor": a.capacity_factor,
-        "dropless_tiles": list(tiles),
+        "dropless_tiling": {"max_tile": a.max_tile, "align": a.align},
         "backend": jax.default_backend(),
         "dropless_implementation": dropless.default_implementation(),
         "routing": "softmax top-k of N(0,1) logits",

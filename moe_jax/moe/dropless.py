@@ -6,7 +6,7 @@ assignments, R rows of the expert-sorted buffer (N plus padding), T rows per til
 
 1. `sort_by_expert` (integers only, no gradient): the row of every assignment in the
    expert-sorted buffer. For the CPU path every expert's block is padded to a multiple
-   of the smallest tile, so a tile never spans two experts.
+   of `align` rows, so a tile never spans two experts.
 2. The grouped SwiGLU, picked at trace time by `jax.default_backend()`:
    - GPU/TPU, "ragged_dot": `permute` x into the sorted buffer [N, D], run
      `grouped_matmul.ragged_swiglu`, `combine` back. Both permutations have gather-only
@@ -26,10 +26,11 @@ import jax.numpy as jnp
 
 from moe_jax.moe import grouped_matmul
 
-# Tile sizes of the CPU grouped matmul, biggest first (see `tiled_moe`). The smallest
-# bounds the padding (< 64 rows per expert); the biggest makes most matmuls large enough
-# to run at near-dense speed on CPU. Measured in benchmarks/RESULTS.md.
-DEFAULT_TILES = (256, 64)
+# CPU grouped matmul (see `grouped_matmul.tiled_moe`): every expert's block is padded to
+# a multiple of ALIGN rows (so < ALIGN padding rows per expert) and runs as tiles of at
+# most MAX_TILE rows. Measured in benchmarks/RESULTS.md.
+DEFAULT_MAX_TILE = 512
+DEFAULT_ALIGN = 32
 
 
 class SortedLayout(NamedTuple):
@@ -155,14 +156,15 @@ def default_implementation() -> str:
 
 
 def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
-             implementation: str | None = None, tiles: tuple[int, ...] = DEFAULT_TILES):
+             implementation: str | None = None, max_tile: int = DEFAULT_MAX_TILE,
+             align: int = DEFAULT_ALIGN):
     """Dropless dispatch engine (the signature of every engine in `dispatch.py`).
 
     x: [S, D]; expert_index: [S, K] int; combine_weights: [S, K]; experts: ExpertWeights,
     gate and up [E, D, F], down [E, F, D] -> (y [S, D] in x.dtype, num_dropped = 0).
     `capacity_factor` is ignored: every expert takes all its tokens.
     implementation: "tiled" (CPU), "ragged_dot" (GPU/TPU), or None for the backend's own.
-    tiles: CPU tile sizes, decreasing, each a multiple of the next.
+    max_tile, align: CPU tiling; max_tile must be a multiple of align.
     """
     del capacity_factor
     implementation = implementation or default_implementation()
@@ -173,13 +175,12 @@ def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
         out = grouped_matmul.ragged_swiglu(xs, layout.group_sizes, experts.gate, experts.up, experts.down)
         y = combine(out, combine_weights, layout.assignment_row, layout.row_token, layout.row_assignment)
     elif implementation == "tiled":
-        tiles = tuple(tiles)
-        if any(a % b for a, b in zip(tiles, tiles[1:])):
-            raise ValueError(f"tiles={tiles}: each tile size must be a multiple of the next")
-        layout = sort_by_expert(expert_index, num_experts, align=tiles[-1])
+        if max_tile % align:
+            raise ValueError(f"max_tile={max_tile} must be a multiple of align={align}")
+        layout = sort_by_expert(expert_index, num_experts, align=align)
         y = grouped_matmul.tiled_moe(
             x, row_weights(combine_weights, layout), layout.row_token, layout.block_start,
-            layout.block_rows, experts.gate, experts.up, experts.down, tiles)
+            layout.block_rows, experts.gate, experts.up, experts.down, max_tile, align)
     else:
         raise ValueError(f"implementation={implementation!r}: expected 'tiled' or 'ragged_dot'")
     return y.astype(x.dtype), jnp.zeros((), jnp.int32)

@@ -38,7 +38,7 @@ def ragged_swiglu(xs, group_sizes, gate, up, down):
 
 
 # ----------------------------------------------------------------------------------------
-# CPU: one loop over experts and their tiles, fused gather -> SwiGLU -> combine.
+# CPU: a scan over experts, one loop step per tile, gather -> SwiGLU -> combine fused.
 # ----------------------------------------------------------------------------------------
 
 
@@ -59,139 +59,222 @@ def _dot_nt(a, b, out_dtype):
 
 def _gather_rows(table, index):
     """table[index] for index [T]; index == len(table) marks a padding row -> zeros."""
-    return table.at[index].get(mode="fill", fill_value=0, unique_indices=False)
+    return table.at[index].get(mode="fill", fill_value=0)
 
 
 def _scatter_add_rows(table, index, rows):
-    """table[index] += rows; padding rows (index == len(table)) are dropped. The tokens in
-    a tile are distinct (a token picks an expert at most once), so no two rows collide."""
+    """table[index] += rows; rows with index == len(table) are dropped. A token picks an
+    expert at most once, so the other indices of one tile are distinct."""
     return table.at[index].add(rows.astype(table.dtype), mode="drop", unique_indices=True)
 
 
-def _for_each_tile(block_start, block_rows, tiles, body, carry):
-    """Run `body(row, size, carry)` over one expert's block of rows, `tiles[0]` rows at a
-    time while that many remain, then `tiles[1]`, ... `block_rows` is a multiple of
-    tiles[-1], and every tile size a multiple of the next, so the block is covered exactly.
-    Big tiles first: on CPU a [256, D] matmul runs markedly faster per FLOP than four
-    [64, D] ones, while the small last tile keeps padding below tiles[-1] rows per expert.
+def _pad_rows(a, num_rows):
+    return jnp.pad(a, [(0, num_rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+
+
+def _tile_forward(x, token, weight, w_gate_up, w_down):
+    """One tile of one expert. token, weight: [T] -> (weight * SwiGLU(x[token]) [T, D]
+    float32, pre-activations [gate | up] [T, 2F] in x.dtype)."""
+    ffn = w_down.shape[0]
+    xt = _gather_rows(x, token)  # [T, D]
+    gu = _dot(xt, w_gate_up, x.dtype)  # [T, 2F]
+    h = jax.nn.silu(gu[:, :ffn]) * gu[:, ffn:]  # [T, F]
+    out = _dot(h, w_down, x.dtype)  # [T, D], rounded like the reference's h @ w_down
+    return out.astype(jnp.float32) * weight.astype(jnp.float32)[:, None], gu
+
+
+def _tile_backward(x, dy, token, weight, gu, w_gate_up, w_down):
+    """Backward of `_tile_forward` given dy [S, D] float32 -> (dx rows [T, D],
+    d_weight [T], d_gate_up [D, 2F], d_down [F, D]), all float32."""
+    ffn = w_down.shape[0]
+    dtype, acc = x.dtype, jnp.float32
+    xt = _gather_rows(x, token)  # [T, D]
+    dyt = _gather_rows(dy, token)  # [T, D]
+    weight = weight.astype(acc)[:, None]  # [T, 1]
+    g, u = gu[:, :ffn].astype(acc), gu[:, ffn:].astype(acc)  # [T, F] each
+    sig = jax.nn.sigmoid(g)
+    silu = g * sig
+    h = silu * u  # [T, F]
+    dh_unweighted = _dot_nt(dyt.astype(dtype), w_down, acc)  # [T, F] = dy @ down^T
+    # d loss / d weight = <out, dy> = <h, dy @ down^T>: a sum over F numbers, not D.
+    d_weight = jnp.sum(h * dh_unweighted, axis=1)  # [T]
+    d_down = _dot_tn(h.astype(dtype), (weight * dyt).astype(dtype), acc)  # [F, D]
+    dh = weight * dh_unweighted  # [T, F]
+    dg = dh * u * sig * (1.0 + g * (1.0 - sig))  # silu'(g) = s (1 + g (1 - s))
+    du = dh * silu
+    dgu = jnp.concatenate([dg, du], axis=1).astype(dtype)  # [T, 2F]
+    d_gate_up = _dot_tn(xt, dgu, acc)  # [D, 2F]
+    dxt = _dot_nt(dgu, w_gate_up, acc)  # [T, D]
+    return dxt, d_weight, d_gate_up, d_down
+
+
+def _rest_tile(rest, max_tile, align, tile_fn, zeros, *operands):
+    """Run `tile_fn(size, *operands)` on the first `rest` rows of [max_tile]-row operands,
+    with `rest` a traced multiple of `align` in [0, max_tile): a `lax.switch` over the
+    static sizes 0, align, ..., max_tile - align. Row outputs come back padded with zeros
+    to max_tile rows.
+
+    The switch sees only tile-sized operands and results: XLA:CPU copies every buffer
+    carried through a conditional with more than two branches, so the big buffers are
+    updated outside it.
     """
-    row = block_start
-    remaining = block_rows
-    for size in tiles:
-        count = remaining // size
 
-        def step(i, carry, size=size, row=row):
-            return body(row + i * size, size, carry)
+    def branch(size):
+        def run(*operands):
+            rows, per_tile = tile_fn(size, *operands)
+            return tuple(_pad_rows(r, max_tile) for r in rows), per_tile
+        return run
 
-        carry = lax.fori_loop(0, count, step, carry)
-        row = row + count * size
-        remaining = remaining - count * size
-    return carry
+    return lax.switch(rest // align, [lambda *_: zeros] + [branch(k * align) for k in range(1, max_tile // align)],
+                      *operands)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down, tiles):
+def _for_each_expert_block(block_start, block_rows, max_tile, tile_step, rest_step, carry):
+    """Cover rows [start, start + rows) of one expert: tiles of `max_tile` rows while that
+    many remain, then one tile of the rest (< max_tile rows), whatever its size.
+
+    One matmul of the expert's own size beats a sum of power-of-two tiles on CPU: a
+    [384, D] matmul runs faster per FLOP than [256, D] + [128, D], and every tile also
+    pays a gather, a scatter and a few small ops.
+    """
+    num_full = block_rows // max_tile
+    carry = lax.fori_loop(0, num_full, lambda i, c: tile_step(block_start + i * max_tile, c), carry)
+    rest = block_rows - num_full * max_tile  # a multiple of align in [0, max_tile)
+    return rest_step(block_start + num_full * max_tile, rest, carry)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
+def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align):
     """y[s] = sum over rows r with row_token[r] == s of row_weight[r] * SwiGLU_e(r)(x[s]).
 
     x: [S, D]; row_weight: [R] (0 on padding rows); row_token: [R] int, S on padding
-    rows; block_start, block_rows: [E] int, expert e owns rows [start, start + rows), a
-    multiple of tiles[-1]; gate, up: [E, D, F]; down: [E, F, D]; tiles: static tile
-    sizes, decreasing, each a multiple of the next -> y: [S, D] float32.
+    rows; block_start, block_rows: [E] int: expert e owns rows [start, start + rows), a
+    multiple of `align`; gate, up: [E, D, F]; down: [E, F, D]; max_tile: static, a
+    multiple of align -> y: [S, D] float32.
 
     A `lax.scan` over experts takes one expert's weights per step as its scanned input (a
-    slice, never a gather of weights); inside, a loop over that expert's tiles gathers
-    the tile's token rows from x, runs gate/up, SiLU and down while the tile is in cache,
-    and scatter-adds the weighted result into y. Nothing of size [R, D] is materialised:
-    only the pre-activations [R, 2F] are kept for the backward.
+    slice, never a gather of weights). Each tile of that expert's rows gathers its tokens
+    from x, runs gate/up, SiLU and down while the tile is in cache, and scatter-adds the
+    weighted result into y. Nothing of size [R, D] is materialised; only the
+    pre-activations [R, 2F] are kept for the backward.
     """
-    y, _ = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down, tiles)
+    y, _ = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down,
+                          max_tile, align)
     return y
 
 
-def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down, tiles):
-    num_rows = row_token.shape[0]
-    ffn = gate.shape[-1]
-    dtype = x.dtype
+def _with_slack(row_token, row_weight, num_tokens, max_tile):
+    """The last tile of an expert reads max_tile rows whatever its size: pad the row
+    arrays so that it never reads past the end (padding rows: token S, weight 0)."""
+    return (jnp.pad(row_token, (0, max_tile), constant_values=num_tokens),
+            jnp.pad(row_weight, (0, max_tile)))
+
+
+def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align):
+    num_tokens, d_model = x.shape
+    num_rows, ffn = row_token.shape[0], gate.shape[-1]
+    row_token, row_weight = _with_slack(row_token, row_weight, num_tokens, max_tile)
+    rest_zeros = ((jnp.zeros((max_tile, d_model), jnp.float32), jnp.zeros((max_tile, 2 * ffn), x.dtype)), ())
 
     def expert_step(carry, expert):
         start, rows, w_gate, w_up, w_down = expert
         w_gate_up = jnp.concatenate([w_gate, w_up], axis=1)  # [D, 2F]
 
-        def tile(row, size, carry):
+        def tile_rows(row):
+            return (lax.dynamic_slice_in_dim(row_token, row, max_tile),
+                    lax.dynamic_slice_in_dim(row_weight, row, max_tile))
+
+        def update(carry, row, token, out, gu):
             y, pre = carry
-            token = lax.dynamic_slice_in_dim(row_token, row, size)  # [T]
-            xt = _gather_rows(x, token)  # [T, D]
-            gu = _dot(xt, w_gate_up, dtype)  # [T, 2F]
-            h = jax.nn.silu(gu[:, :ffn]) * gu[:, ffn:]  # [T, F]
-            out = _dot(h, w_down, jnp.float32)  # [T, D]
-            weight = lax.dynamic_slice_in_dim(row_weight, row, size).astype(jnp.float32)  # [T]
-            y = _scatter_add_rows(y, token, out.astype(dtype).astype(jnp.float32) * weight[:, None])
-            pre = lax.dynamic_update_slice_in_dim(pre, gu, row, 0)
-            return y, pre
+            return _scatter_add_rows(y, token, out), lax.dynamic_update_slice_in_dim(pre, gu, row, 0)
 
-        return _for_each_tile(start, rows, tiles, tile, carry), None
+        def tile_step(row, carry):
+            token, weight = tile_rows(row)
+            return update(carry, row, token, *_tile_forward(x, token, weight, w_gate_up, w_down))
 
-    init = (jnp.zeros(x.shape, jnp.float32), jnp.zeros((num_rows, 2 * ffn), dtype))
+        def rest_step(row, rest, carry):
+            token, weight = tile_rows(row)
+            (out, gu), () = _rest_tile(
+                rest, max_tile, align,
+                lambda size, t, w: (_tile_forward(x, t[:size], w[:size], w_gate_up, w_down), ()),
+                rest_zeros, token, weight)
+            # Rows past `rest` belong to the next expert: drop them from the scatter. Their
+            # pre-activations (zeros) are overwritten when the next expert runs.
+            token = jnp.where(jnp.arange(max_tile) < rest, token, num_tokens)
+            return update(carry, row, token, out, gu)
+
+        return _for_each_expert_block(start, rows, max_tile, tile_step, rest_step, carry), None
+
+    init = (jnp.zeros(x.shape, jnp.float32), jnp.zeros((num_rows + max_tile, 2 * ffn), x.dtype))
     (y, pre), _ = lax.scan(expert_step, init, (block_start, block_rows, gate, up, down))
     return y, pre
 
 
-def _tiled_fwd(x, row_weight, row_token, block_start, block_rows, gate, up, down, tiles):
-    y, pre = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down, tiles)
+def _tiled_fwd(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align):
+    y, pre = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down,
+                            max_tile, align)
     # Keep the pre-activations (R 2F numbers), not the [R, D] outputs: recomputing them
-    # would add a third of the forward FLOPs to the backward, and the weights' gradient
-    # needs only <out, dy> = <h, dy @ down^T>, which the backward computes anyway.
+    # would add a third of the forward FLOPs to the backward, and the gradient of a row
+    # weight needs only <out, dy> = <h, dy @ down^T>, which the backward computes anyway.
     return y, (x, row_weight, row_token, block_start, block_rows, gate, up, down, pre)
 
 
-def _tiled_bwd(tiles, residuals, dy):
+def _tiled_bwd(max_tile, align, residuals, dy):
     x, row_weight, row_token, block_start, block_rows, gate, up, down, pre = residuals
-    d_model, ffn = gate.shape[1:]
-    dtype = x.dtype
+    num_tokens, d_model = x.shape
+    num_rows, ffn = row_token.shape[0], gate.shape[-1]
     acc = jnp.float32  # weight gradients sum over many tiles: accumulate in float32
     # The barrier makes dy a real buffer: when dy is a broadcast (the gradient of sum(y)),
-    # XLA would otherwise sink the broadcast into the loop and rebuild [S, D] every expert.
+    # XLA would otherwise sink the broadcast into the loop and rebuild [S, D] per expert.
     dy = lax.optimization_barrier(dy.astype(acc))
+    row_token, row_weight = _with_slack(row_token, row_weight, num_tokens, max_tile)
+    rest_zeros = ((jnp.zeros((max_tile, d_model), acc), jnp.zeros((max_tile,), acc)),
+                  (jnp.zeros((d_model, 2 * ffn), acc), jnp.zeros((ffn, d_model), acc)))
 
     def expert_step(carry, expert):
         start, rows, w_gate, w_up, w_down = expert
         w_gate_up = jnp.concatenate([w_gate, w_up], axis=1)  # [D, 2F]
 
-        def tile(row, size, carry):
-            dx, d_row_weight, d_gate_up, d_down = carry
-            token = lax.dynamic_slice_in_dim(row_token, row, size)  # [T]
-            xt = _gather_rows(x, token)  # [T, D]
-            dyt = _gather_rows(dy, token)  # [T, D]
-            weight = lax.dynamic_slice_in_dim(row_weight, row, size).astype(acc)[:, None]  # [T, 1]
-            gu = lax.dynamic_slice_in_dim(pre, row, size).astype(acc)  # [T, 2F]
-            g, u = gu[:, :ffn], gu[:, ffn:]
-            sig = jax.nn.sigmoid(g)
-            silu = g * sig
-            h = silu * u  # [T, F]
-            dh_unweighted = _dot_nt(dyt.astype(dtype), w_down, acc)  # [T, F] = dy @ down^T
-            # d loss / d row_weight = <out, dy> = <h, dy @ down^T>: F numbers, not D.
-            d_row_weight = lax.dynamic_update_slice_in_dim(
-                d_row_weight, jnp.sum(h * dh_unweighted, axis=1), row, 0)
-            d_down = d_down + _dot_tn(h.astype(dtype), (weight * dyt).astype(dtype), acc)  # [F, D]
-            dh = weight * dh_unweighted  # [T, F]
-            dg = dh * u * sig * (1.0 + g * (1.0 - sig))  # silu'(g) = s (1 + g (1 - s))
-            du = dh * silu
-            dgu = jnp.concatenate([dg, du], axis=1).astype(dtype)  # [T, 2F]
-            d_gate_up = d_gate_up + _dot_tn(xt, dgu, acc)  # [D, 2F]
-            dx = _scatter_add_rows(dx, token, _dot_nt(dgu, w_gate_up, acc))  # [T, D]
-            return dx, d_row_weight, d_gate_up, d_down
+        def tile_rows(row):
+            return (lax.dynamic_slice_in_dim(row_token, row, max_tile),
+                    lax.dynamic_slice_in_dim(row_weight, row, max_tile),
+                    lax.dynamic_slice_in_dim(pre, row, max_tile))
+
+        def update(carry, row, token, dxt, d_weight, d_gate_up, d_down):
+            dx, d_row_weight, d_gate_up_acc, d_down_acc = carry
+            return (_scatter_add_rows(dx, token, dxt),
+                    lax.dynamic_update_slice_in_dim(d_row_weight, d_weight, row, 0),
+                    d_gate_up_acc + d_gate_up, d_down_acc + d_down)
+
+        def tile_step(row, carry):
+            token, weight, gu = tile_rows(row)
+            return update(carry, row, token, *_tile_backward(x, dy, token, weight, gu, w_gate_up, w_down))
+
+        def rest_step(row, rest, carry):
+            token, weight, gu = tile_rows(row)
+
+            def tile_fn(size, t, w, gu):
+                dxt, d_weight, d_gate_up, d_down = _tile_backward(
+                    x, dy, t[:size], w[:size], gu[:size], w_gate_up, w_down)
+                return (dxt, d_weight), (d_gate_up, d_down)
+
+            (dxt, d_weight), (d_gate_up, d_down) = _rest_tile(
+                rest, max_tile, align, tile_fn, rest_zeros, token, weight, gu)
+            token = jnp.where(jnp.arange(max_tile) < rest, token, num_tokens)
+            return update(carry, row, token, dxt, d_weight, d_gate_up, d_down)
 
         dx, d_row_weight = carry
         init = (dx, d_row_weight, jnp.zeros((d_model, 2 * ffn), acc), jnp.zeros((ffn, d_model), acc))
-        dx, d_row_weight, d_gate_up, d_down = _for_each_tile(start, rows, tiles, tile, init)
+        dx, d_row_weight, d_gate_up, d_down = _for_each_expert_block(
+            start, rows, max_tile, tile_step, rest_step, init)
         grads = (d_gate_up[:, :ffn].astype(gate.dtype), d_gate_up[:, ffn:].astype(up.dtype),
                  d_down.astype(down.dtype))
         return (dx, d_row_weight), grads
 
-    init = (jnp.zeros(x.shape, acc), jnp.zeros(row_weight.shape, acc))
+    init = (jnp.zeros(x.shape, acc), jnp.zeros((num_rows + max_tile,), acc))
     (dx, d_row_weight), (d_gate, d_up, d_down) = lax.scan(
         expert_step, init, (block_start, block_rows, gate, up, down))
-    return (dx.astype(x.dtype), d_row_weight.astype(row_weight.dtype), None, None, None,
+    return (dx.astype(x.dtype), d_row_weight[:num_rows].astype(row_weight.dtype), None, None, None,
             d_gate, d_up, d_down)
 
 
