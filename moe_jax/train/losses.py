@@ -73,5 +73,8 @@ def model_loss(logits, extras, batch, m):
         metrics["dropped_fraction"] = jnp.mean(stats["dropped_fraction"])
         load = stats["expert_load"]  # [layers, E], fractions summing to 1 per layer
         metrics["max_load_ratio"] = jnp.mean(load.max(axis=-1) * load.shape[-1])
+        # Per-layer arrays (main MoE layers, then MTP layers) for logging, not scalars.
+        metrics["routing/expert_load"] = load
+        metrics["routing/dropped_fraction"] = stats["dropped_fraction"]
     metrics["loss"] = loss
     return loss, metrics

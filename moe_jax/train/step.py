@@ -24,6 +24,12 @@ def forward_with_loss(model, params, router_bias, batch):
     return loss, (metrics, mutated.get(LOAD_COLLECTION, {}))
 
 
+def stacked_router_bias(router_bias):
+    """All routers' biases as one [layers, E] array (main MoE layers first, then MTP)."""
+    leaves = jax.tree.leaves(router_bias)
+    return jax.numpy.concatenate([b.reshape(-1, b.shape[-1]) for b in leaves])
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation, bias_update_rate=None):
     """Build the step for `model`; the bias rate defaults to model.config.bias_update_rate."""
     rate = model.config.bias_update_rate if bias_update_rate is None else bias_update_rate
@@ -36,6 +42,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, bias_update_
         params = optax.apply_updates(state.params, updates)
         router_bias = update_router_biases(state.router_bias, loads, rate) if loads else state.router_bias
         metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        if router_bias:
+            metrics["routing/bias"] = stacked_router_bias(router_bias)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   router_bias=router_bias)
         return new_state, metrics

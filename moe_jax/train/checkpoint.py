@@ -1,0 +1,139 @@
+"""Orbax checkpoints that resume exactly and never trust a damaged file.
+
+Layout under `<workdir>/checkpoints/`:
+
+    <step>/state/...        TrainState (params, optimizer state, step, router biases)
+    <step>/data/...         the input iterator's state (JSON), so batches continue exactly
+    <step>/extra/...        JSON: anything else the loop needs (e.g. the base rng seed)
+    checksums/<step>.json   sha256 of every file of <step>, written after it is final
+
+Restoring walks from the newest step down. A step whose files do not match their
+checksums, or that orbax cannot read, is reported and moved to `<workdir>/corrupt/`
+(out of the manager's sight, so no later save is mistaken for it and the older good
+checkpoints are never touched), and the next older step is tried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKSUM_DIR = "checksums"
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+    digests = {}
+    for root, _, files in os.walk(step_dir):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                digests[os.path.relpath(path, step_dir)] = hashlib.sha256(f.read()).hexdigest()
+    return digests
+
+
+class CorruptCheckpointError(RuntimeError):
+    pass
+
+
+class Checkpointer:
+    """Save/restore (state, data iterator state, extra JSON) every `every` steps, keep `keep`."""
+
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, log=print):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.corrupt_dir = os.path.abspath(os.path.join(workdir, "corrupt"))
+        self.keep, self.async_save, self.log = keep, async_save, log
+        self._pending: int | None = None
+        os.makedirs(os.path.join(self.directory, CHECKSUM_DIR), exist_ok=True)
+        self._open()
+
+    def _open(self):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, enable_async_checkpointing=self.async_save, create=True,
+            step_name_format=ocp.step.standard_name_format())
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data", "extra"))
+
+    def _checksum_path(self, step: int) -> str:
+        return os.path.join(self.directory, CHECKSUM_DIR, f"{step}.json")
+
+    def _finish_pending(self):
+        """Wait for the in-flight save, then seal it with checksums."""
+        if self._pending is None:
+            return
+        self.manager.wait_until_finished()
+        step_dir = os.path.join(self.directory, str(self._pending))
+        if os.path.isdir(step_dir):
+            tmp = self._checksum_path(self._pending) + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(_file_digests(step_dir), f)
+            os.replace(tmp, self._checksum_path(self._pending))
+        self._pending = None
+        self._drop_stale_checksums()
+
+    def _drop_stale_checksums(self):
+        kept = {str(s) for s in self.manager.all_steps()}
+        for name in os.listdir(os.path.join(self.directory, CHECKSUM_DIR)):
+            if name.endswith(".json") and name[:-5] not in kept:
+                os.remove(os.path.join(self.directory, CHECKSUM_DIR, name))
+
+    def save(self, step: int, state, data_state: dict | None, extra: dict | None = None):
+        self._finish_pending()
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state or {}),
+            extra=ocp.args.JsonSave(extra or {})))
+        self._pending = step
+        if not self.async_save:
+            self._finish_pending()
+
+    def close(self):
+        self._finish_pending()
+        self.manager.close()
+
+    def _verify(self, step: int):
+        path = self._checksum_path(step)
+        if not os.path.exists(path):
+            return  # saved but not sealed (killed in between): orbax's own checks decide
+        with open(path) as f:
+            expected = json.load(f)
+        actual = _file_digests(os.path.join(self.directory, str(step)))
+        missing = sorted(set(expected) - set(actual))
+        changed = sorted(k for k in expected if k in actual and actual[k] != expected[k])
+        if missing or changed:
+            raise CorruptCheckpointError(
+                f"missing files {missing[:5]}" if missing else f"files changed since saved: {changed[:5]}")
+
+    def _quarantine(self, step: int, reason: str):
+        os.makedirs(self.corrupt_dir, exist_ok=True)
+        target = os.path.join(self.corrupt_dir, f"{step}-{int(time.time())}")
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        if os.path.exists(self._checksum_path(step)):
+            os.remove(self._checksum_path(step))
+        self.log(f"checkpoint at step {step} is corrupt ({reason}); moved to {target}, "
+                 f"falling back to the previous one")
+        self.manager.close()
+        self._open()
+
+    def restore_latest(self, abstract_state) -> tuple[Any, dict, dict] | None:
+        """-> (state, data_state, extra) of the newest readable checkpoint, or None."""
+        self._finish_pending()
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                self._verify(step)
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=ocp.args.JsonRestore(),
+                    extra=ocp.args.JsonRestore()))
+                state = restored["state"]
+                jax.block_until_ready(state)
+                return state, dict(restored["data"] or {}), dict(restored["extra"] or {})
+            except Exception as error:  # noqa: BLE001 - any failure to read means corrupt
+                self._quarantine(step, f"{type(error).__name__}: {str(error)[:200]}")
+        return None
