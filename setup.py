@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "pytest-timeout>=2.3", "nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8"],
-        "interop": ["torch==2.13.0", "transformers>=4.46", "safetensors>=0.4"],
+        "interop": ["torch==2.13.0", "transformers>=5.15", "safetensors>=0.4"],
         "notebooks": ["matplotlib>=3.8", "jupyter>=1.0"],
     },
     entry_points={"console_scripts": ["moe-jax=moe_jax.cli:main"]},
