@@ -2,8 +2,10 @@
 
 Supported: `model_type` "deepseek_v2" (DeepSeek-V2, V2-Lite; `DeepseekV2ForCausalLM`)
 and "deepseek_v3" (DeepSeek-V3, R1; `DeepseekV3ForCausalLM`). The semantics follow
-transformers' implementation of those classes, since that is what checkpoints are
-tested against:
+transformers' implementation of those classes (>= 5.15, the `interop` extra's pin:
+DeepseekV2 exists since 4.54 but only applies YaRN's mscale^2 to the attention scale,
+as DeepSeek's own code does, from 5.15 on), since that is what checkpoints are tested
+against:
 
 - Routing. V2: softmax gate; `topk_method` "greedy" (no group limit) or
   "group_limited_greedy" (keep the `topk_group` best of `n_group` groups, a group scored
@@ -229,30 +231,41 @@ def model_config_from_hf(hf: dict, param_dtype: str = "float32",
 
 
 def _rope_to_hf(m, cfg: dict, base: dict):
+    """Write rope settings in the base config's spelling (keeping its extra keys), else
+    as published: rope_theta + rope_scaling {"type": "yarn", ...}."""
+    old = dict((base.get("rope_parameters") or base.get("rope_scaling") or {}) if base else {})
+    old_type = rope_settings(base)["type"] if base else None
+    theta = int(m.rope_theta) if float(m.rope_theta).is_integer() else float(m.rope_theta)
+    rope = None
     if m.rope_scaling == "yarn":
-        rope = {"factor": float(m.rope_factor), "original_max_position_embeddings": int(m.rope_original_max_position),
-                "beta_fast": m.rope_beta_fast, "beta_slow": m.rope_beta_slow,
-                "mscale": m.rope_mscale, "mscale_all_dim": m.rope_mscale_all_dim}
-        if not m.rope_mscale_all_dim:
+        rope = dict(old if old_type == "yarn" else {})
+        rope.update(factor=float(m.rope_factor), original_max_position_embeddings=int(m.rope_original_max_position),
+                    beta_fast=m.rope_beta_fast, beta_slow=m.rope_beta_slow)
+        if all(float(v).is_integer() for v in (m.rope_beta_fast, m.rope_beta_slow)):
+            rope.update(beta_fast=int(m.rope_beta_fast), beta_slow=int(m.rope_beta_slow))
+        if m.rope_mscale_all_dim:
+            rope.update(mscale=m.rope_mscale, mscale_all_dim=m.rope_mscale_all_dim)
+        else:  # transformers then ignores mscale: keep what the source said
             if m.rope_mscale != 1.0:
                 log.warning("model.rope_mscale = %s without rope_mscale_all_dim: transformers ignores it",
                             m.rope_mscale)
-            old = rope_settings(base) if base else {}
-            rope["mscale"] = old.get("mscale", rope["mscale"])
-            rope["mscale_all_dim"] = old.get("mscale_all_dim", 0)
-        if all(float(v).is_integer() for v in (m.rope_beta_fast, m.rope_beta_slow)):
-            rope["beta_fast"], rope["beta_slow"] = int(m.rope_beta_fast), int(m.rope_beta_slow)
-    else:
-        rope = None
-    theta = int(m.rope_theta) if float(m.rope_theta).is_integer() else float(m.rope_theta)
+            rope.setdefault("mscale", m.rope_mscale)
+            rope["mscale_all_dim"] = rope.get("mscale_all_dim") or 0
     if base.get("rope_parameters"):
-        cfg["rope_parameters"] = dict(rope or {}, rope_type="yarn" if rope else "default", rope_theta=theta)
+        params = rope if rope is not None else dict(old if old_type == "default" else {})
+        params.pop("type", None)
+        cfg["rope_parameters"] = dict(params, rope_type="yarn" if rope else "default", rope_theta=theta)
         cfg.pop("rope_scaling", None)
         cfg.pop("rope_theta", None)
-    else:
-        cfg["rope_scaling"] = dict(rope, type="yarn") if rope else None
-        cfg["rope_theta"] = theta
-        cfg.pop("rope_parameters", None)
+        return
+    if rope is not None:
+        if "type" in rope or "rope_type" not in rope:
+            rope["type"] = "yarn"
+        if "rope_type" in rope:
+            rope["rope_type"] = "yarn"
+    cfg["rope_scaling"] = rope
+    cfg["rope_theta"] = theta
+    cfg.pop("rope_parameters", None)
 
 
 def hf_config_from_model(m, base: dict | None = None, torch_dtype: str = "bfloat16",
@@ -303,7 +316,7 @@ def hf_config_from_model(m, base: dict | None = None, torch_dtype: str = "bfloat
         cfg["norm_topk_prob"] = bool(m.norm_topk_prob)
         if not base:  # as published; transformers-written configs leave these out
             cfg.update(topk_method="noaux_tc", scoring_func="sigmoid", rope_interleave=True)
-        if m.mtp_depth or "num_nextn_predict_layers" not in base:
+        if m.mtp_depth or not base:
             # A V3 config declares MTP layers even where transformers saved none: keep it.
             cfg["num_nextn_predict_layers"] = m.mtp_depth
         if m.top_k == 1 and m.norm_topk_prob:
