@@ -78,6 +78,7 @@ def load_converted(directory: str, shardings=None):
         else:
             shapes = checkpointer.metadata(state_path)
             shapes = getattr(shapes, "item_metadata", shapes)
+            shapes = getattr(shapes, "tree", shapes)  # {"params": ..., "router_bias": ...} of ArrayMetadata
             if isinstance(shardings, jax.sharding.Sharding):
                 shardings = jax.tree.map(lambda _: shardings, shapes)
             target = jax.tree.map(lambda meta, s: jax.ShapeDtypeStruct(meta.shape, meta.dtype, sharding=s),

@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from interop.test_hf_export import assert_same_tensors, assert_same_variables
 from moe_jax.cli import main as cli_main
@@ -38,6 +39,15 @@ def test_convert_restores_onto_shardings(hf_checkpoints, tmp_path):
     assert model_config.param_dtype == "bfloat16" and router_bias == {}
     leaf = params["moe_layers"]["moe"]["wi_gate"]
     assert isinstance(leaf, jax.Array) and leaf.sharding == device and leaf.dtype == jax.numpy.bfloat16
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("expert",))  # v2_lite has 8 experts
+    by_expert, replicated = NamedSharding(mesh, P(None, "expert")), NamedSharding(mesh, P())
+    tree = {"params": jax.tree_util.tree_map_with_path(
+        lambda path, x: by_expert if path[-1].key in ("wi_gate", "wi_up", "wo") else replicated, params),
+        "router_bias": {}}
+    params, _, _, _ = load_converted(ckpt, shardings=tree)
+    assert params["moe_layers"]["moe"]["wi_gate"].sharding == by_expert
+    leaf = params["moe_layers"]["moe"]["wi_gate"]
     want = import_hf(directory, param_dtype="bfloat16", progress=False).params["moe_layers"]["moe"]["wi_gate"]
     np.testing.assert_array_equal(np.asarray(leaf), want)
 
