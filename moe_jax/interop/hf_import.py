@@ -88,7 +88,8 @@ def _decide_mtp(m, layout: HFLayout, tensors: dict, include_mtp: bool | None) ->
     return set()
 
 
-def check_tensors(directory: str, slots: list[Slot], tensors: dict[str, TensorInfo], ignored=frozenset()):
+def check_tensors(directory: str, slots: list[Slot], tensors: dict[str, TensorInfo], ignored=frozenset(),
+                  block=(fp8.BLOCK, fp8.BLOCK)):
     """Raise CheckpointMismatchError listing every missing/unexpected/mis-shaped tensor."""
     expected = {s.hf_name: s for s in slots}
     missing, shapes, other = [], [], []
@@ -103,7 +104,7 @@ def check_tensors(directory: str, slots: list[Slot], tensors: dict[str, TensorIn
         if info.dtype.startswith("F8") and scale is None:
             missing.append(name + fp8.SCALE_SUFFIX)
         if scale is not None and len(slot.hf_shape) == 2:
-            want = fp8.scale_shape(slot.hf_shape)
+            want = fp8.scale_shape(slot.hf_shape, block)
             if scale.shape != want:
                 shapes.append(f"{name + fp8.SCALE_SUFFIX}: checkpoint {list(scale.shape)}, expected {list(want)}")
         if scale is not None and not info.dtype.startswith("F8"):
@@ -114,12 +115,12 @@ def check_tensors(directory: str, slots: list[Slot], tensors: dict[str, TensorIn
         raise CheckpointMismatchError(directory, missing, unexpected, shapes, other)
 
 
-def _read_hf_value(reader: ShardReader, tensors: dict, slot: Slot, dtype) -> np.ndarray:
+def _read_hf_value(reader: ShardReader, tensors: dict, slot: Slot, dtype, block) -> np.ndarray:
     info = tensors[slot.hf_name]
     value = reader.read(info)
     scale = tensors.get(slot.hf_name + fp8.SCALE_SUFFIX)
     if scale is not None:
-        value = fp8.dequantize(value, reader.read(scale), dtype)
+        value = fp8.dequantize(value, reader.read(scale), dtype, block)
     return value
 
 
@@ -193,7 +194,8 @@ def import_hf(directory: str, *, param_dtype: str = "float32", dtype: str | None
     tensors = scan_checkpoint(directory)
     ignored = _decide_mtp(m, layout, tensors, include_mtp)
     slots = checkpoint_slots(m, layout.model_type, layout.rope_interleaved)
-    check_tensors(directory, slots, tensors, ignored)
+    block = layout.fp8_block or (fp8.BLOCK, fp8.BLOCK)
+    check_tensors(directory, slots, tensors, ignored, block)
 
     np_dtype = np.dtype(jax.numpy.dtype(param_dtype))
     by_leaf: dict[tuple, list[Slot]] = {}
@@ -205,7 +207,7 @@ def import_hf(directory: str, *, param_dtype: str = "float32", dtype: str | None
                unit="tensor", disable=not progress)
     with ShardReader() as reader:
         def read(slot):
-            value = _read_hf_value(reader, tensors, slot, np_dtype)
+            value = _read_hf_value(reader, tensors, slot, np_dtype, block)
             bar.update()
             return value
 
