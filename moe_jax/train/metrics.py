@@ -1,7 +1,8 @@
 """Metrics a person can look at: JSONL, TensorBoard, and a progress bar.
 
-`metrics.jsonl` gets one object per logged step (append-only; a resumed run appends the
-steps it repeats, so readers keep the last record per step: see `read_metrics`).
+`metrics.jsonl` gets one object per logged step and per evaluation (append-only; a
+resumed run appends the steps it repeats, so readers merge records per step with later
+values winning: see `read_metrics`).
 Per-layer routing statistics (expert load, dropped fraction, bias) are logged as lists.
 """
 
@@ -64,7 +65,7 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> dict[int, dict]:
-    """step -> the last record written for it (later records win after a resume)."""
+    """step -> every field written for it, merged; a later value wins (after a resume)."""
     records = {}
     path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(path):
@@ -72,7 +73,7 @@ def read_metrics(workdir: str) -> dict[int, dict]:
             for line in f:
                 if line.strip():
                     record = json.loads(line)
-                    records[record["step"]] = record
+                    records.setdefault(record["step"], {}).update(record)
     return records
 
 

@@ -1,0 +1,138 @@
+"""Training-step throughput and model FLOP utilisation (MFU) on this machine.
+
+Prints ONE JSON line: tokens/s of the jitted train step (fwd + bwd + AdamW + bias update)
+for a DeepSeek-shaped MoE at d_model 512, the model FLOPs per token, and MFU against the
+float32 matmul rate measured in the same run on the same machine (a chain of 1024^3
+matmuls, the best case for this CPU). Timings interleave the matmul probe and the train
+step, so load from other work hits both alike.
+
+Model FLOPs per token = 6 x (activated matmul parameters, head included, input
+embedding excluded) + attention scores and values: 6 x layers x T x H x (qk + v) (the
+full T x T products, which is what the kernel computes).
+
+    python benchmarks/train_step.py                         # d_model 512, dropless
+    python benchmarks/train_step.py --dispatch capacity --seq-len 256 --batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from moe_jax.config import load_config
+from moe_jax.models.param_count import count_parameters
+from moe_jax.models.transformer import Transformer
+from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
+from moe_jax.train.state import create_train_state
+from moe_jax.train.step import make_train_step
+
+GOAL_MFU = 0.40
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--experts", type=int, default=16)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--expert-ffn", type=int, default=512)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dispatch", default="dropless")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps-per-round", type=int, default=3)
+    return p.parse_args()
+
+
+def model_config(a):
+    m = load_config("configs/tiny.py").model
+    m.d_model, m.num_layers, m.num_dense_layers, m.num_heads = a.d_model, a.layers, 1, a.heads
+    m.dense_ffn = 4 * a.d_model
+    m.q_lora_rank, m.kv_lora_rank = 0, a.d_model // 4
+    m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim = 64, 32, 64
+    m.num_experts, m.top_k, m.expert_ffn = a.experts, a.top_k, a.expert_ffn
+    m.n_group, m.topk_group, m.mtp_depth = 1, 1, 0
+    m.vocab_size, m.max_seq_len, m.dispatch = 256, a.seq_len, a.dispatch
+    return m
+
+
+def model_flops_per_token(m, seq_len):
+    counts = count_parameters(m)
+    matmul_params = counts["activated"] - counts["main"].get("norms", {"activated": 0})["activated"]
+    attention = 6 * m.num_layers * seq_len * m.num_heads * (
+        m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim)
+    return 6 * matmul_params + attention
+
+
+def matmul_rate(rounds=1):
+    """Best float32 matmul FLOP/s: a chain of 1024 x 1024 products."""
+    n, chain = 1024, 8
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n)) / n**0.5
+
+    @jax.jit
+    def f(x):
+        for _ in range(chain):
+            x = x @ a
+        return x
+
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    return 2 * n**3 * chain / (time.perf_counter() - start)
+
+
+def main():
+    a = parse_args()
+    m = model_config(a)
+    model = Transformer(m)
+    optimizer = make_optimizer(default_optimizer_config())
+    state = create_train_state(model, optimizer, jax.random.PRNGKey(0), a.seq_len)
+    step = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, m.vocab_size, (a.batch, a.seq_len + 1)).astype(np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+             "loss_mask": np.ones((a.batch, a.seq_len), np.float32),
+             "segment_ids": np.ones((a.batch, a.seq_len), np.int32),
+             "positions": np.broadcast_to(np.arange(a.seq_len, dtype=np.int32), (a.batch, a.seq_len))}
+    compile_start = time.perf_counter()
+    state, metrics = step(state, batch, jax.random.PRNGKey(0))
+    jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - compile_start
+
+    flops_per_token = model_flops_per_token(m, a.seq_len)
+    tokens_per_step = a.batch * a.seq_len
+    utilisation, throughput, rates = [], [], []
+    for _ in range(a.rounds):
+        rate = matmul_rate()
+        start = time.perf_counter()
+        for i in range(a.steps_per_round):
+            state, metrics = step(state, batch, jax.random.PRNGKey(i))
+        jax.block_until_ready(metrics)
+        seconds = (time.perf_counter() - start) / a.steps_per_round
+        throughput.append(tokens_per_step / seconds)
+        utilisation.append(tokens_per_step * flops_per_token / seconds / rate)
+        rates.append(rate)
+    mfu = statistics.median(utilisation)
+    print(json.dumps({
+        "benchmark": "train_step", "backend": jax.default_backend(), "dispatch": a.dispatch,
+        "d_model": a.d_model, "layers": a.layers, "experts": a.experts, "top_k": a.top_k,
+        "expert_ffn": a.expert_ffn, "batch": a.batch, "seq_len": a.seq_len,
+        "activated_params": count_parameters(m)["activated"],
+        "model_flops_per_token": flops_per_token,
+        "tokens_per_second": round(statistics.median(throughput), 1),
+        "matmul_gflops": round(statistics.median(rates) / 1e9, 1),
+        "mfu": round(mfu, 4), "mfu_goal": GOAL_MFU, "meets_goal": mfu >= GOAL_MFU,
+        "compile_seconds": round(compile_seconds, 1),
+        "dropped_fraction": float(metrics["dropped_fraction"]),
+    }))
+
+
+if __name__ == "__main__":
+    main()
