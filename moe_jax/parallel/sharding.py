@@ -184,8 +184,20 @@ def create_sharded_train_state(model, optimizer, rng, seq_len: int, mesh, rules:
 
 
 def shard_train_state(state: TrainState, shardings):
-    """Place an existing (one-device or differently sharded) TrainState on `shardings`."""
+    """Place an existing (one-device or differently sharded) TrainState on `shardings`.
+    On several processes use `put_global` with host copies instead."""
     return jax.device_put(state, shardings)
+
+
+def put_global(tree, shardings):
+    """Host values that every process holds in full -> global jax.Arrays on `shardings`
+    (each process fills only the shards of its own devices; works on one process too)."""
+
+    def place(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(place, tree, shardings)
 
 
 def batch_spec(ndim: int, axis_sizes: Mapping[str, int], rules: Rules = DEFAULT_RULES,
@@ -208,14 +220,8 @@ def shard_batch(batch, mesh, rules: Rules = DEFAULT_RULES, *, process_local: boo
     data) and contributes the rows its devices own. True: each process holds only its own
     rows, in process order (a per-host input pipeline).
     """
-    shardings = batch_shardings(batch, mesh, rules) if not process_local else None
-
-    def place(x, sharding):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
     if not process_local:
-        return jax.tree.map(place, batch, shardings)
+        return put_global(batch, batch_shardings(batch, mesh, rules))
     sizes = mesh_axis_sizes(mesh)
 
     def place_local(x):
