@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.moe import grouped_matmul
+from moe_jax.moe.permutation import combine, permute
 
 # CPU grouped matmul (see `grouped_matmul.tiled_moe`): every expert's block is padded to
 # a multiple of ALIGN rows (so < ALIGN padding rows per expert) and runs as tiles of at
@@ -50,6 +51,21 @@ def num_buffer_rows(num_assignments: int, num_experts: int, align: int) -> int:
     return (num_assignments + num_experts * (align - 1)) // align * align
 
 
+def stable_sort_by_expert(flat_expert, num_experts: int):
+    """flat_expert: [N] int32 -> (order [N], sorted_expert [N]): the assignments sorted by
+    expert, ties kept in index order, and their experts.
+
+    One sort of unique packed keys expert * N + n: on CPU ~4x faster than a stable
+    argsort, and ~7x faster than ranking by a cumulative sum over an [N, E] one-hot.
+    """
+    n = flat_expert.shape[0]
+    if num_experts * n < 2**31:
+        keys = jnp.sort(flat_expert * n + jnp.arange(n, dtype=jnp.int32))  # [N]
+        return keys % n, keys // n
+    order = jnp.argsort(flat_expert, stable=True).astype(jnp.int32)  # packed keys overflow int32
+    return order, flat_expert[order]
+
+
 def sort_by_expert(expert_index, num_experts: int, align: int = 1) -> SortedLayout:
     """expert_index: [S, K] -> SortedLayout of a buffer whose expert blocks are padded to
     multiples of `align` rows (align=1: no padding, R = N)."""
@@ -58,14 +74,7 @@ def sort_by_expert(expert_index, num_experts: int, align: int = 1) -> SortedLayo
     num_rows = num_buffer_rows(n, num_experts, align)
     flat_expert = expert_index.reshape(n).astype(jnp.int32)  # [N], n = s K + k
 
-    # Sort by expert, ties by assignment, with one sort of unique packed keys: on CPU this
-    # is ~4x faster than a stable argsort and ~7x faster than a one-hot cumsum over [N, E].
-    if num_experts * n < 2**31:
-        keys = jnp.sort(flat_expert * n + jnp.arange(n, dtype=jnp.int32))  # [N]
-        order, sorted_expert = keys % n, keys // n  # [N], [N]
-    else:  # packed keys would overflow int32
-        order = jnp.argsort(flat_expert, stable=True).astype(jnp.int32)
-        sorted_expert = flat_expert[order]
+    order, sorted_expert = stable_sort_by_expert(flat_expert, num_experts)  # [N], [N]
     group_sizes = jnp.bincount(flat_expert, length=num_experts).astype(jnp.int32)  # [E]
     group_start = jnp.cumsum(group_sizes) - group_sizes  # [E]
     block_rows = (group_sizes + align - 1) // align * align  # [E]
@@ -89,61 +98,7 @@ def sort_by_expert(expert_index, num_experts: int, align: int = 1) -> SortedLayo
 
 def row_weights(combine_weights, layout: SortedLayout):
     """combine_weights: [S, K] -> [R], the weight of each row's assignment, 0 on padding."""
-    flat = jnp.append(combine_weights.reshape(-1), jnp.zeros((1,), combine_weights.dtype))  # [N + 1]
-    return flat[layout.row_assignment]
-
-
-# ----------------------------------------------------------------------------------------
-# Permutations with gather-only backwards (ragged_dot path).
-# ----------------------------------------------------------------------------------------
-
-
-@jax.custom_vjp
-def permute(x, row_token, assignment_row):
-    """x: [S, D] -> xs: [R, D], xs[r] = x[row_token[r]] (zeros on padding rows)."""
-    return x.at[row_token].get(mode="fill", fill_value=0)
-
-
-def _permute_fwd(x, row_token, assignment_row):
-    return permute(x, row_token, assignment_row), (assignment_row,)
-
-
-def _permute_bwd(residuals, d_xs):
-    (assignment_row,) = residuals
-    # The copies of token s are exactly the rows assignment_row[s, :], so summing those is
-    # the transpose of the gather; XLA's own transpose would be a scatter-add.
-    dx = jnp.sum(d_xs[assignment_row].astype(jnp.float32), axis=1)  # [S, K, D] -> [S, D]
-    return dx.astype(d_xs.dtype), None, None
-
-
-permute.defvjp(_permute_fwd, _permute_bwd)
-
-
-@jax.custom_vjp
-def combine(out, combine_weights, assignment_row, row_token, row_assignment):
-    """out: [R, D] expert outputs in sorted order -> y: [S, D] float32,
-    y[s] = sum_k combine_weights[s, k] * out[assignment_row[s, k]]."""
-    gathered = out[assignment_row].astype(jnp.float32)  # [S, K, D]
-    return jnp.einsum("skd,sk->sd", gathered, combine_weights.astype(jnp.float32))
-
-
-def _combine_fwd(out, combine_weights, assignment_row, row_token, row_assignment):
-    y = combine(out, combine_weights, assignment_row, row_token, row_assignment)
-    return y, (out, combine_weights, assignment_row, row_token, row_assignment)
-
-
-def _combine_bwd(residuals, dy):
-    out, combine_weights, assignment_row, row_token, row_assignment = residuals
-    # In row order: each row needs dy of its token, gathered once and used twice.
-    dy_rows = dy.at[row_token].get(mode="fill", fill_value=0)  # [R, D]
-    layout_weights = jnp.append(combine_weights.reshape(-1), 0.0)[row_assignment]  # [R]
-    d_out = (dy_rows * layout_weights[:, None].astype(jnp.float32)).astype(out.dtype)  # [R, D]
-    d_row_weight = jnp.sum(out.astype(jnp.float32) * dy_rows, axis=1)  # [R]
-    d_weights = d_row_weight[assignment_row].astype(combine_weights.dtype)  # [S, K]
-    return d_out, d_weights, None, None, None
-
-
-combine.defvjp(_combine_fwd, _combine_bwd)
+    return combine_weights.reshape(-1).at[layout.row_assignment].get(mode="fill", fill_value=0)
 
 
 # ----------------------------------------------------------------------------------------
