@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.layers.mlp import swiglu
-from moe_jax.moe.dropless import dropless
+from moe_jax.moe.dropless import dropless, stable_sort_by_expert
+from moe_jax.moe.permutation import combine, permute
 
 
 class ExpertWeights(NamedTuple):
@@ -57,10 +58,10 @@ def rank_within_expert(flat_expert, num_experts: int):
     the cost is N log N whatever E is.
     """
     n = flat_expert.shape[0]
-    order = jnp.argsort(flat_expert, stable=True)
+    order, sorted_expert = stable_sort_by_expert(flat_expert.astype(jnp.int32), num_experts)
     group_sizes = jnp.bincount(flat_expert, length=num_experts).astype(jnp.int32)
     group_starts = jnp.cumsum(group_sizes) - group_sizes
-    rank_sorted = jnp.arange(n, dtype=jnp.int32) - group_starts[flat_expert[order]]
+    rank_sorted = jnp.arange(n, dtype=jnp.int32) - group_starts[sorted_expert]
     rank = jnp.zeros((n,), jnp.int32).at[order].set(rank_sorted)
     return rank, group_sizes
 
@@ -75,24 +76,27 @@ def capacity(x, expert_index, combine_weights, experts: ExpertWeights, capacity_
     # k-major order: every token's first choice claims a slot before any second choice.
     flat_expert = expert_index.T.reshape(-1)  # [N]
     flat_token = jnp.tile(jnp.arange(num_tokens, dtype=jnp.int32), top_k)  # [N]
-    flat_weight = combine_weights.T.reshape(-1)  # [N]
     rank, _ = rank_within_expert(flat_expert, num_experts)
     kept = rank < cap
     slot = jnp.where(kept, flat_expert * cap + rank, num_experts * cap)  # dropped -> out of range
 
-    # Which token fills each slot; empty slots read an appended zero row.
+    # Which token (and which token-major assignment s K + k) fills each slot; empty slots
+    # hold token S and assignment N, and read as zeros.
     slot_token = jnp.full((num_experts * cap,), num_tokens, jnp.int32)
     slot_token = slot_token.at[slot].set(flat_token, mode="drop")
-    x_padded = jnp.concatenate([x, jnp.zeros((1, d_model), x.dtype)], axis=0)
-    buffers = x_padded[slot_token].reshape(num_experts, cap, d_model)  # [E, C, D]
+    flat_k = jnp.repeat(jnp.arange(top_k, dtype=jnp.int32), num_tokens)  # [N]
+    slot_assignment = jnp.full((num_experts * cap,), num_tokens * top_k, jnp.int32)
+    slot_assignment = slot_assignment.at[slot].set(flat_token * top_k + flat_k, mode="drop")
+    assignment_slot = slot.reshape(top_k, num_tokens).T  # [S, K], E * C where dropped
+    # Gathers whose backwards are gathers too (see permutation.py): XLA's own transposes
+    # are scatter-adds into zero-filled [S, D] and [E * C, D] buffers, slow on CPU.
+    buffers = permute(x, slot_token, assignment_slot).reshape(num_experts, cap, d_model)  # [E, C, D]
 
     h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buffers, experts.gate)) * jnp.einsum(
         "ecd,edf->ecf", buffers, experts.up)  # [E, C, F]
     out = jnp.einsum("ecf,efd->ecd", h, experts.down).reshape(num_experts * cap, d_model)
 
-    gathered = out[jnp.where(kept, slot, 0)]  # [N, D]
-    weight = jnp.where(kept, flat_weight, 0.0).astype(jnp.float32)
-    y = (gathered.astype(jnp.float32) * weight[:, None]).reshape(top_k, num_tokens, d_model).sum(0)
+    y = combine(out, combine_weights, assignment_slot, slot_token, slot_assignment)  # [S, D] f32
     num_dropped = jnp.sum(~kept).astype(jnp.int32)
     return y.astype(x.dtype), num_dropped
 
