@@ -69,8 +69,7 @@ FALLBACK_RULES = (("batch", ("data", "fsdp", "expert")), ("expert", "expert"))
 # psum'd over F shards; the dropped count psum'd).
 CHECK_VMA = False
 DROPPING_ENGINES = frozenset({"capacity"})
-GATE_UP_AXES = ("expert", "embed", "expert_mlp")  # [E, D, F], as MoEBlock annotates them
-DOWN_AXES = ("expert", "expert_mlp", "embed")  # [E, F, D]
+GATE_UP_AXES = ("expert", "embed", "expert_mlp")  # [E, D, F] as MoEBlock annotates them; down is [E, F, D]
 
 
 def active_mesh():
@@ -100,10 +99,14 @@ def engine_for_active_mesh(name: str):
 # ----------------------------------------------------------------------------------------
 
 
-def _mesh_axes(logical_name: str, rules, sizes) -> tuple[str, ...]:
-    entry = nn.logical_to_mesh_axes((logical_name,), rules)[0]
-    names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-    return tuple(n for n in names if n in sizes)
+def _mesh_axes(logical_names, rules, sizes) -> list[tuple[str, ...]]:
+    """Mesh axes of each dimension of an array with these logical names (flax's rule
+    resolution), keeping only axes the mesh has."""
+    out = []
+    for entry in nn.logical_to_mesh_axes(tuple(logical_names), rules):
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        out.append(tuple(n for n in names if n in sizes))
+    return out
 
 
 def _divisible_axes(dim: int, axes, sizes) -> tuple[str, ...]:
@@ -124,7 +127,7 @@ class _Layout:
     def __init__(self, mesh, rules, num_tokens: int, experts: dispatch.ExpertWeights):
         sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
         self.ep_size = sizes[EXPERT_AXIS]
-        self.token_axes = _mesh_axes("batch", rules, sizes)
+        (self.token_axes,) = _mesh_axes(("batch",), rules, sizes)
         if EXPERT_AXIS not in self.token_axes:
             raise ValueError(f"expert parallelism needs tokens split over the {EXPERT_AXIS!r} axis; "
                              f"the rules map 'batch' to {self.token_axes}")
@@ -136,14 +139,14 @@ class _Layout:
         if num_experts % self.ep_size:
             raise ValueError(f"model.num_experts = {num_experts} does not split over "
                              f"mesh.expert = {self.ep_size} devices")
-        if _mesh_axes("expert", rules, sizes) != (EXPERT_AXIS,):
-            raise ValueError(f"expert parallelism needs the rule 'expert' -> {EXPERT_AXIS!r}")
+        expert_axes, embed_axes, ffn_axes = _mesh_axes(GATE_UP_AXES, rules, sizes)
+        if expert_axes != (EXPERT_AXIS,):
+            raise ValueError(f"expert parallelism needs the expert dim of {GATE_UP_AXES} on "
+                             f"{EXPERT_AXIS!r} alone; the rules give {expert_axes}")
         # D must be whole for the token vectors: gather whatever splits it. F may stay
         # split (partial outputs, one psum) unless the same axis also splits tokens.
-        self.embed_axes = _divisible_axes(d_model, _mesh_axes("embed", rules, sizes), sizes)
-        self.ffn_axes = _divisible_axes(ffn, tuple(
-            a for a in _mesh_axes("expert_mlp", rules, sizes)
-            if a not in self.token_axes and a not in self.embed_axes), sizes)
+        self.embed_axes = _divisible_axes(d_model, embed_axes, sizes)
+        self.ffn_axes = _divisible_axes(ffn, tuple(a for a in ffn_axes if a not in self.token_axes), sizes)
         self.token_spec = P(_spec_entry(self.token_axes))
         gate_up = P(EXPERT_AXIS, _spec_entry(self.embed_axes), _spec_entry(self.ffn_axes))
         down = P(EXPERT_AXIS, _spec_entry(self.ffn_axes), _spec_entry(self.embed_axes))

@@ -2,8 +2,12 @@
 
     moe-jax plan --config configs/deepseek_v3.py --mesh data=1,fsdp=32,expert=8,tensor=1 [--json]
 
-Filled in by `moe_jax.parallel.memory`; this module only holds the command line so that
-importing `moe_jax.cli` stays cheap (no jax import until the command runs).
+Prints, per device, the bytes of parameters, gradients and AdamW state (two float32
+moments, plus a float32 master copy when the params are not float32) under the
+sharding rules of `moe_jax.parallel.sharding`, from abstract shapes on an AbstractMesh:
+no device is needed and nothing is allocated. `--json` prints one object with exact
+byte counts. The arithmetic lives in `moe_jax.parallel.memory`; this module only holds
+the command line, so that importing `moe_jax.cli` stays cheap.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ def add_plan_command(subparsers) -> None:
     p = subparsers.add_parser(
         "plan", help="per-device bytes of params, grads and AdamW state on a mesh (no allocation)")
     p.add_argument("--config", required=True, help="config file, optionally path.py:variant")
-    p.add_argument("--mesh", default="data=1,fsdp=-1,expert=1,tensor=1",
-                   help="comma-separated AXIS=SIZE over data, fsdp, expert, tensor; at most "
-                        "one size may be -1 (the rest of --devices); missing axes are 1")
+    p.add_argument("--mesh", required=True,
+                   help="comma-separated AXIS=SIZE over data, fsdp, expert, tensor, e.g. "
+                        "data=1,fsdp=32,expert=8,tensor=1; missing axes are 1; one size may be "
+                        "-1 (the rest of --devices)")
     p.add_argument("--devices", type=int, default=None,
                    help="total device count (default: the product of the --mesh sizes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -26,20 +26,31 @@ from moe_jax.train.state import TrainState
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
+# Flax applies rules in this order: a rule assigns its mesh axes to a dimension only if
+# that dimension is still free and no other dimension of the array holds those axes, and
+# a name may have several rules (fallbacks). Order is therefore meaningful.
 DEFAULT_RULES: Rules = (
     # Activations: tokens split over every batch-like axis; tensor replicas share tokens.
     ("batch", ("data", "fsdp", "expert")),
     ("length", None),
-    # Parameters.
-    ("embed", "fsdp"),  # ZeRO-3 style: every matrix split on its model dimension
+    # Routed experts claim the expert axis first ...
+    ("expert", "expert"),
+    # ... so that ZeRO-3 can split every other matrix over fsdp AND expert (the expert
+    # axis splits the batch, so for non-expert weights it is one more fsdp axis), while
+    # expert weights, whose expert dim already took it, fall back to fsdp alone.
+    ("embed", ("fsdp", "expert")),
+    ("embed", "fsdp"),
+    # MLA's up-projections [rank, heads, kv] have no embed dim: split their rank instead.
+    ("q_lora", ("fsdp", "expert")),
+    ("q_lora", "fsdp"),
+    ("kv_lora", ("fsdp", "expert")),
+    ("kv_lora", "fsdp"),
+    # Tensor parallelism on the inner dimensions.
     ("vocab", "tensor"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
-    ("kv", None),
-    ("q_lora", None),
-    ("kv_lora", None),
-    ("expert", "expert"),
     ("expert_mlp", "tensor"),
+    ("kv", None),
     ("norm", None),
     ("layers", None),
     ("mtp_concat", None),
