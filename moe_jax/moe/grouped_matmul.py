@@ -129,18 +129,19 @@ def _rest_tile(rest, max_tile, align, tile_fn, zeros, *operands):
                       *operands)
 
 
-def _for_each_expert_block(block_start, block_rows, max_tile, tile_step, rest_step, carry):
-    """Cover rows [start, start + rows) of one expert: tiles of `max_tile` rows while that
-    many remain, then one tile of the rest (< max_tile rows), whatever its size.
+def _for_each_expert_block(block_start, block_rows, max_tile, rest_step, tile_step, carry):
+    """Cover rows [start, start + rows) of one expert: one tile of the rest (rows mod
+    max_tile, whatever its size), then tiles of `max_tile` rows.
 
     One matmul of the expert's own size beats a sum of power-of-two tiles on CPU: a
     [384, D] matmul runs faster per FLOP than [256, D] + [128, D], and every tile also
-    pays a gather, a scatter and a few small ops.
+    pays a gather, a scatter and a few small ops. The rest tile runs first so that its
+    results can seed the carry: the backward's per-expert weight gradients start from
+    them instead of from zeros, which saves a fill and an add per expert.
     """
     num_full = block_rows // max_tile
-    carry = lax.fori_loop(0, num_full, lambda i, c: tile_step(block_start + i * max_tile, c), carry)
-    rest = block_rows - num_full * max_tile  # a multiple of align in [0, max_tile)
-    return rest_step(block_start + num_full * max_tile, rest, carry)
+    carry = rest_step(block_start + num_full * max_tile, block_rows - num_full * max_tile, carry)
+    return lax.fori_loop(0, num_full, lambda i, c: tile_step(block_start + i * max_tile, c), carry)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
@@ -203,7 +204,7 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
             token = jnp.where(jnp.arange(max_tile) < rest, token, num_tokens)
             return update(carry, row, token, out, gu)
 
-        return _for_each_expert_block(start, rows, max_tile, tile_step, rest_step, carry), None
+        return _for_each_expert_block(start, rows, max_tile, rest_step, tile_step, carry), None
 
     init = (jnp.zeros(x.shape, jnp.float32), jnp.zeros((num_rows + max_tile, 2 * ffn), x.dtype))
     (y, pre), _ = lax.scan(expert_step, init, (block_start, block_rows, gate, up, down))
@@ -240,15 +241,17 @@ def _tiled_bwd(max_tile, align, residuals, dy):
                     lax.dynamic_slice_in_dim(row_weight, row, max_tile),
                     lax.dynamic_slice_in_dim(pre, row, max_tile))
 
-        def update(carry, row, token, dxt, d_weight, d_gate_up, d_down):
-            dx, d_row_weight, d_gate_up_acc, d_down_acc = carry
+        def update(dx, d_row_weight, row, token, dxt, d_weight):
             return (_scatter_add_rows(dx, token, dxt),
-                    lax.dynamic_update_slice_in_dim(d_row_weight, d_weight, row, 0),
-                    d_gate_up_acc + d_gate_up, d_down_acc + d_down)
+                    lax.dynamic_update_slice_in_dim(d_row_weight, d_weight, row, 0))
 
         def tile_step(row, carry):
+            dx, d_row_weight, d_gate_up, d_down = carry
             token, weight, gu = tile_rows(row)
-            return update(carry, row, token, *_tile_backward(x, dy, token, weight, gu, w_gate_up, w_down))
+            dxt, d_weight, d_gate_up_tile, d_down_tile = _tile_backward(
+                x, dy, token, weight, gu, w_gate_up, w_down)
+            return (*update(dx, d_row_weight, row, token, dxt, d_weight),
+                    d_gate_up + d_gate_up_tile, d_down + d_down_tile)
 
         def rest_step(row, rest, carry):
             token, weight, gu = tile_rows(row)
@@ -261,12 +264,10 @@ def _tiled_bwd(max_tile, align, residuals, dy):
             (dxt, d_weight), (d_gate_up, d_down) = _rest_tile(
                 rest, max_tile, align, tile_fn, rest_zeros, token, weight, gu)
             token = jnp.where(jnp.arange(max_tile) < rest, token, num_tokens)
-            return update(carry, row, token, dxt, d_weight, d_gate_up, d_down)
+            return (*update(*carry, row, token, dxt, d_weight), d_gate_up, d_down)
 
-        dx, d_row_weight = carry
-        init = (dx, d_row_weight, jnp.zeros((d_model, 2 * ffn), acc), jnp.zeros((ffn, d_model), acc))
         dx, d_row_weight, d_gate_up, d_down = _for_each_expert_block(
-            start, rows, max_tile, tile_step, rest_step, init)
+            start, rows, max_tile, rest_step, tile_step, carry)
         grads = (d_gate_up[:, :ffn].astype(gate.dtype), d_gate_up[:, ffn:].astype(up.dtype),
                  d_down.astype(down.dtype))
         return (dx, d_row_weight), grads
