@@ -156,11 +156,11 @@ def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down,
     A `lax.scan` over experts takes one expert's weights per step as its scanned input (a
     slice, never a gather of weights). Each tile of that expert's rows gathers its tokens
     from x, runs gate/up, SiLU and down while the tile is in cache, and scatter-adds the
-    weighted result into y. Nothing of size [R, D] is materialised; only the
-    pre-activations [R, 2F] are kept for the backward.
+    weighted result into y. Nothing of size [R, D] is materialised; under
+    differentiation the pre-activations [R, 2F] are kept for the backward.
     """
     y, _ = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down,
-                          max_tile, align)
+                          max_tile, align, keep_pre=False)
     return y
 
 
@@ -171,11 +171,18 @@ def _with_slack(row_token, row_weight, num_tokens, max_tile):
             jnp.pad(row_weight, (0, max_tile)))
 
 
-def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align):
+def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align,
+                   keep_pre):
+    """-> (y [S, D] float32, pre-activations [R + max_tile, 2F] if keep_pre else None)."""
     num_tokens, d_model = x.shape
     num_rows, ffn = row_token.shape[0], gate.shape[-1]
     row_token, row_weight = _with_slack(row_token, row_weight, num_tokens, max_tile)
-    rest_zeros = ((jnp.zeros((max_tile, d_model), jnp.float32), jnp.zeros((max_tile, 2 * ffn), x.dtype)), ())
+    rest_zeros = ((jnp.zeros((max_tile, d_model), jnp.float32),)
+                  + ((jnp.zeros((max_tile, 2 * ffn), x.dtype),) if keep_pre else ()), ())
+
+    def tile_forward(token, weight, w_gate_up, w_down):
+        out, gu = _tile_forward(x, token, weight, w_gate_up, w_down)
+        return (out, gu) if keep_pre else (out,)
 
     def expert_step(carry, expert):
         start, rows, w_gate, w_up, w_down = expert
@@ -185,35 +192,37 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
             return (lax.dynamic_slice_in_dim(row_token, row, max_tile),
                     lax.dynamic_slice_in_dim(row_weight, row, max_tile))
 
-        def update(carry, row, token, out, gu):
+        def update(carry, row, token, out, gu=None):
             y, pre = carry
-            return _scatter_add_rows(y, token, out), lax.dynamic_update_slice_in_dim(pre, gu, row, 0)
+            y = _scatter_add_rows(y, token, out)
+            return y, (lax.dynamic_update_slice_in_dim(pre, gu, row, 0) if keep_pre else None)
 
         def tile_step(row, carry):
             token, weight = tile_rows(row)
-            return update(carry, row, token, *_tile_forward(x, token, weight, w_gate_up, w_down))
+            return update(carry, row, token, *tile_forward(token, weight, w_gate_up, w_down))
 
         def rest_step(row, rest, carry):
             token, weight = tile_rows(row)
-            (out, gu), () = _rest_tile(
+            rows, () = _rest_tile(
                 rest, max_tile, align,
-                lambda size, t, w: (_tile_forward(x, t[:size], w[:size], w_gate_up, w_down), ()),
+                lambda size, t, w: (tile_forward(t[:size], w[:size], w_gate_up, w_down), ()),
                 rest_zeros, token, weight)
             # Rows past `rest` belong to the next expert: drop them from the scatter. Their
             # pre-activations (zeros) are overwritten when the next expert runs.
             token = jnp.where(jnp.arange(max_tile) < rest, token, num_tokens)
-            return update(carry, row, token, out, gu)
+            return update(carry, row, token, *rows)
 
         return _for_each_expert_block(start, rows, max_tile, rest_step, tile_step, carry), None
 
-    init = (jnp.zeros(x.shape, jnp.float32), jnp.zeros((num_rows + max_tile, 2 * ffn), x.dtype))
+    pre = jnp.zeros((num_rows + max_tile, 2 * ffn), x.dtype) if keep_pre else None
+    init = (jnp.zeros(x.shape, jnp.float32), pre)
     (y, pre), _ = lax.scan(expert_step, init, (block_start, block_rows, gate, up, down))
     return y, pre
 
 
 def _tiled_fwd(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align):
     y, pre = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down,
-                            max_tile, align)
+                            max_tile, align, keep_pre=True)
     # Keep the pre-activations (R 2F numbers), not the [R, D] outputs: recomputing them
     # would add a third of the forward FLOPs to the backward, and the gradient of a row
     # weight needs only <out, dy> = <h, dy @ down^T>, which the backward computes anyway.
