@@ -10,8 +10,9 @@ Two processes with 4 devices each (run both; PORT free on 127.0.0.1):
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python -u -m moe_jax.parallel.selftest \\
         --layout ep_data --coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0   # and 1
 
-`--layout none` trains on one device without a mesh: the yardstick. Each process prints
-one JSON line: {"losses": [...], "dropped": [...], "mesh": {...}, "process_id": ...}.
+`--layout none` trains on one device without a mesh: the yardstick; `--layout
+none,ep,ep_data,ep_fsdp --init host` runs them all from one initial state. Each process
+prints one JSON line per layout: {"layout", "losses", "dropped", "mesh", "process_id", ...}.
 """
 
 from __future__ import annotations
@@ -128,7 +129,11 @@ def train_losses(mesh_sizes=None, steps: int = 3, batch: int = 8, length: int = 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="ep_data")
+    parser.add_argument("--layout", default="ep_data",
+                        help=f"one of {sorted(LAYOUTS)}, or several separated by commas")
+    parser.add_argument("--init", choices=("sharded", "host"), default="sharded",
+                        help="sharded: create the state on each mesh (create_sharded_train_state); "
+                             "host: initialise once on one device and copy it onto every layout")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=16)
@@ -146,9 +151,16 @@ def main(argv=None) -> int:
     initialize_distributed(args.coordinator, args.num_processes, args.process_id,
                            initialization_timeout=args.init_timeout,
                            heartbeat_timeout_seconds=args.heartbeat_timeout)
-    result = train_losses(LAYOUTS[args.layout], args.steps, args.batch, args.length, args.dispatch)
-    result["layout"] = args.layout
-    print(json.dumps(result), flush=True)
+    layouts = args.layout.split(",")
+    unknown = [name for name in layouts if name not in LAYOUTS]
+    if unknown:
+        parser.error(f"--layout {unknown[0]!r}: expected one of {sorted(LAYOUTS)}")
+    initial = initial_host_state(args.length, args.dispatch) if args.init == "host" else None
+    for layout in layouts:
+        result = train_losses(LAYOUTS[layout], args.steps, args.batch, args.length, args.dispatch,
+                              initial_state=initial)
+        result["layout"] = layout
+        print(json.dumps(result), flush=True)
     shutdown_distributed()
     return 0
 
