@@ -125,8 +125,8 @@ def _rest_tile(rest, max_tile, align, tile_fn, zeros, *operands):
             return tuple(_pad_rows(r, max_tile) for r in rows), per_tile
         return run
 
-    return lax.switch(rest // align, [lambda *_: zeros] + [branch(k * align) for k in range(1, max_tile // align)],
-                      *operands)
+    branches = [lambda *_: zeros] + [branch(k * align) for k in range(1, max_tile // align)]
+    return lax.switch(rest // align, branches, *operands)
 
 
 def _for_each_expert_block(block_start, block_rows, max_tile, rest_step, tile_step, carry):
