@@ -21,7 +21,9 @@ Two buffer layouts, picked by whether the engine may drop:
   slots, filled first-choice-first exactly as the one-device `capacity` engine fills its
   slots, so the exchange is [P, L*C, D]. Assignments past C are dropped at the source
   and counted there; the receiver's engine gets exactly P*C rows per expert with a
-  capacity factor of 1, so it can never drop more.
+  capacity factor of 1, so it can never drop more. The capacity is per device (vmoe's
+  groups), so when something is dropped it is not always what one device would drop
+  with ceil(all tokens * K / E * factor) slots; when nothing is, the outputs are equal.
 - "tokens" (`dropless`, `reference`, any other engine, which must not drop): each
   device sends every destination the tokens that chose any of its experts, once per
   token, with up to K' = min(K, L) (local expert, weight) slots; the receiver's engine
