@@ -25,26 +25,20 @@ import math
 import time
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 from flax import traverse_util
 from jax.sharding import NamedSharding
 
+from moe_jax.models.transformer import Transformer
 from moe_jax.parallel.mesh import abstract_mesh, parse_mesh_spec
-from moe_jax.parallel.sharding import DEFAULT_RULES, Rules, logical_param_specs, logical_to_mesh_spec
+from moe_jax.parallel.sharding import (DEFAULT_RULES, Rules, abstract_boxed_params, logical_param_specs,
+                                       logical_to_mesh_spec)
 
 GIB = 2**30
 MOMENT_BYTES = 2 * 4
 MASTER_BYTES = 4
 ROUTED_EXPERT_WEIGHTS = ("wi_gate", "wi_up", "wo")
-
-
-def abstract_boxed_params(model_config):
-    from moe_jax.models.transformer import Transformer
-
-    tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
-    return jax.eval_shape(Transformer(model_config).init, jax.random.PRNGKey(0), tokens)["params"]
 
 
 def memory_plan(model_config, mesh_sizes: Mapping[str, int], num_devices: int | None = None,
@@ -53,9 +47,7 @@ def memory_plan(model_config, mesh_sizes: Mapping[str, int], num_devices: int | 
     "per_device_params", "groups" (per-device params of routed experts / the rest)}."""
     mesh = abstract_mesh(dict(mesh_sizes), num_devices)
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    boxed = abstract_boxed_params(model_config)
-    from flax import linen as nn
-
+    boxed = abstract_boxed_params(Transformer(model_config))
     params = nn.unbox(boxed)
     logical = logical_param_specs(boxed)
     flat_params = traverse_util.flatten_dict(params)

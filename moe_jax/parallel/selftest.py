@@ -104,10 +104,11 @@ def train_losses(mesh_sizes=None, steps: int = 3, batch: int = 8, length: int = 
         mesh_shape = {}
     else:
         mesh = make_mesh(mesh_sizes)
+        init = lambda r: create_train_state(model, optimizer, r, length)  # noqa: E731
         if initial_state is None:
-            state, state_shardings = sharding.create_sharded_train_state(model, optimizer, rng, length, mesh)
+            state, state_shardings = sharding.create_sharded_state(model, init, rng, mesh)
         else:
-            state_shardings = sharding.train_state_shardings(model, optimizer, length, mesh)
+            _, state_shardings = sharding.state_shardings(model, init, mesh)
             state = sharding.put_global(initial_state, state_shardings)
         batch_shardings = sharding.batch_shardings(synthetic_batch(0, batch, length, m.vocab_size), mesh)
         replicated = NamedSharding(mesh, P())
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--layout", default="ep_data",
                         help=f"one of {sorted(LAYOUTS)}, or several separated by commas")
     parser.add_argument("--init", choices=("sharded", "host"), default="sharded",
-                        help="sharded: create the state on each mesh (create_sharded_train_state); "
+                        help="sharded: create the state on each mesh (create_sharded_state); "
                              "host: initialise once on one device and copy it onto every layout")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=8)

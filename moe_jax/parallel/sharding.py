@@ -6,6 +6,15 @@ mesh axes. Everything here derives from those rules: parameter and optimizer-sta
 shardings, batch shardings, the memory plan, and (through flax's rules context, which
 `use_mesh` sets) the shard_map specs of `moe.expert_parallel`.
 
+For a TrainState (train/ sits above this package, so it is passed in, not imported):
+
+    init = lambda rng: create_train_state(model, optimizer, rng, seq_len)
+    state, state_shardings = create_sharded_state(model, init, rng, mesh)
+    step = jit_sharded(make_train_step(model, optimizer), mesh,
+                       (state_shardings, batch_shardings(batch, mesh), None),
+                       (state_shardings, None), donate_argnums=0)
+    state, metrics = step(state, shard_batch(batch, mesh), rng)
+
 A dimension that the mapped mesh axes do not divide is split over fewer axes (trailing
 ones dropped) rather than failing: e.g. a vocab of 129280 on tensor=3 stays replicated.
 """
@@ -14,15 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from moe_jax.moe.router import BIAS_COLLECTION
-from moe_jax.train.state import TrainState
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -120,53 +127,36 @@ def param_mesh_specs(boxed_params, axis_sizes: Mapping[str, int], rules: Rules =
                         nn.unbox(boxed_params), logical, is_leaf=lambda x: x is None)
 
 
-def _abstract_boxed_params(model, seq_len: int):
+def abstract_boxed_params(model, seq_len: int = 8):
+    """The model's params as ShapeDtypeStructs in their logical-partitioning boxes."""
     tokens = jax.ShapeDtypeStruct((1, seq_len), np.int32)
     return jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)["params"]
 
 
-def opt_state_specs(abstract_opt_state, params, param_specs):
-    """Optimizer-state specs: a leaf whose path ends with a parameter's path (mu, nu, ...
-    mirror the params tree) and has its shape takes that parameter's spec; counts and
-    other scalars are replicated."""
-    by_path = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        by_path[_path_keys(path)] = (leaf.shape, None)
-    for (path, _), spec in zip(jax.tree_util.tree_leaves_with_path(params),
-                               jax.tree.leaves(param_specs, is_leaf=lambda x: isinstance(x, P))):
-        shape, _ = by_path[_path_keys(path)]
-        by_path[_path_keys(path)] = (shape, spec)
+def state_specs(abstract_state, boxed_params, axis_sizes: Mapping[str, int], rules: Rules = DEFAULT_RULES):
+    """Specs for any state pytree holding the params and things shaped like them.
+
+    A leaf whose path ends with a parameter's path and has that parameter's shape takes
+    its spec: TrainState.params, and the optimizer's mu and nu, which mirror the params
+    tree. Everything else (step counters, the [layers, E] router biases) is replicated.
+    """
+    params = nn.unbox(boxed_params)
+    param_specs = param_mesh_specs(boxed_params, axis_sizes, rules)
+    by_path = {
+        _path_keys(path): (tuple(leaf.shape), spec)
+        for (path, leaf), spec in zip(jax.tree_util.tree_leaves_with_path(params),
+                                      jax.tree.leaves(param_specs, is_leaf=lambda x: isinstance(x, P)))
+    }
 
     def spec_of(path, leaf):
         keys = _path_keys(path)
         for start in range(len(keys)):
             hit = by_path.get(keys[start:])
-            if hit is not None and tuple(hit[0]) == tuple(leaf.shape):
+            if hit is not None and hit[0] == tuple(np.shape(leaf)):
                 return hit[1]
         return P()
 
-    return jax.tree_util.tree_map_with_path(spec_of, abstract_opt_state)
-
-
-def train_state_specs(model, optimizer, seq_len: int, axis_sizes: Mapping[str, int],
-                      rules: Rules = DEFAULT_RULES):
-    """-> (abstract TrainState, TrainState of mesh PartitionSpecs). Nothing is allocated."""
-    boxed = _abstract_boxed_params(model, seq_len)
-    params = nn.unbox(boxed)
-    param_specs = param_mesh_specs(boxed, axis_sizes, rules)
-
-    def init(rng):
-        from moe_jax.train.state import create_train_state
-        return create_train_state(model, optimizer, rng, seq_len)
-
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    specs = TrainState(
-        step=P(),
-        params=param_specs,
-        opt_state=opt_state_specs(abstract.opt_state, params, param_specs),
-        router_bias=jax.tree.map(lambda _: P(), abstract.router_bias),  # [layers, E]: tiny
-    )
-    return abstract, specs
+    return jax.tree_util.tree_map_with_path(spec_of, abstract_state)
 
 
 def to_shardings(specs, mesh):
@@ -174,28 +164,29 @@ def to_shardings(specs, mesh):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
-def train_state_shardings(model, optimizer, seq_len: int, mesh, rules: Rules = DEFAULT_RULES):
-    _, specs = train_state_specs(model, optimizer, seq_len, mesh_axis_sizes(mesh), rules)
-    return to_shardings(specs, mesh)
+def state_shardings(model, init_state: Callable, mesh, seq_len: int = 8, rules: Rules = DEFAULT_RULES):
+    """-> (abstract state, NamedShardings) for the state `init_state(rng)` builds, e.g.
+    `lambda rng: create_train_state(model, optimizer, rng, seq_len)`. Nothing allocated."""
+    abstract = jax.eval_shape(init_state, jax.random.PRNGKey(0))
+    specs = state_specs(abstract, abstract_boxed_params(model, seq_len), mesh_axis_sizes(mesh), rules)
+    return abstract, to_shardings(specs, mesh)
 
 
-def create_sharded_train_state(model, optimizer, rng, seq_len: int, mesh, rules: Rules = DEFAULT_RULES):
-    """Initialise the TrainState directly into its shardings (no full copy on one device).
+def create_sharded_state(model, init_state: Callable, rng, mesh, seq_len: int = 8,
+                         rules: Rules = DEFAULT_RULES):
+    """Run `init_state(rng)` straight into its shardings (no full copy on one device);
+    -> (state, shardings). Works on several processes (each fills its own shards).
 
     Random initialisers give the same numbers whatever the sharding (jax's partitionable
     threefry), so a sharded run starts from exactly the weights of a one-device run.
+    Outside `use_mesh` on purpose: the init's forward pass feeds no output, so XLA drops it.
     """
-    from moe_jax.train.state import create_train_state
-
-    shardings = train_state_shardings(model, optimizer, seq_len, mesh, rules)
-    # Outside use_mesh: init's forward pass (plain engines) feeds no output, so XLA drops it.
-    state = jax.jit(lambda r: create_train_state(model, optimizer, r, seq_len),
-                    out_shardings=shardings)(rng)
-    return state, shardings
+    _, shardings = state_shardings(model, init_state, mesh, seq_len, rules)
+    return jax.jit(init_state, out_shardings=shardings)(rng), shardings
 
 
-def shard_train_state(state: TrainState, shardings):
-    """Place an existing (one-device or differently sharded) TrainState on `shardings`.
+def shard_state(state, shardings):
+    """Place an existing (one-device or differently sharded) state on `shardings`.
     On several processes use `put_global` with host copies instead."""
     return jax.device_put(state, shardings)
 

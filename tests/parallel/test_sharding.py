@@ -10,6 +10,7 @@ from moe_jax.models.transformer import Transformer
 from moe_jax.parallel import distributed, sharding
 from moe_jax.parallel.mesh import make_mesh
 from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
+from moe_jax.train.state import create_train_state
 
 SIZES = {"data": 1, "fsdp": 2, "expert": 4, "tensor": 1}
 
@@ -17,7 +18,9 @@ SIZES = {"data": 1, "fsdp": 2, "expert": 4, "tensor": 1}
 @pytest.fixture(scope="module")
 def specs():
     model = Transformer(tiny_model_config())
-    return sharding.train_state_specs(model, make_optimizer(default_optimizer_config()), 16, SIZES)
+    optimizer = make_optimizer(default_optimizer_config())
+    abstract = jax.eval_shape(lambda rng: create_train_state(model, optimizer, rng, 16), jax.random.PRNGKey(0))
+    return abstract, sharding.state_specs(abstract, sharding.abstract_boxed_params(model), SIZES)
 
 
 def test_param_specs_follow_the_rules(specs):
@@ -32,6 +35,8 @@ def test_param_specs_follow_the_rules(specs):
     assert s.params["embed"]["embedding"] == P("tensor", ("fsdp", "expert"))
     assert s.params["moe_layers"]["attn"]["kv_b"] == P(None, ("fsdp", "expert"), "tensor")
     assert s.params["final_norm"]["scale"] == P()
+    assert jax.tree.leaves(s.router_bias, is_leaf=lambda x: isinstance(x, P)) == [P(), P()]  # [layers, E]
+    assert s.step == P()
 
 
 def test_optimizer_state_mirrors_the_params(specs):

@@ -68,7 +68,7 @@ def free_port():
 
 def test_two_processes_of_4_devices_match_one_process_of_8():
     # Layout "ep": the expert axis spans both processes, so the token exchange crosses
-    # them. Each process creates its own shards of the state (create_sharded_train_state),
+    # them. Each process creates its own shards of the state (create_sharded_state),
     # which must equal the one-device initialisation the one-process run copied around.
     port = free_port()
     procs = [subprocess.Popen(
