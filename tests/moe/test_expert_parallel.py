@@ -151,6 +151,13 @@ def test_engine_choice_follows_the_mesh():
         assert expert_parallel.engine_for_active_mesh("capacity") is dispatch.capacity
     with use_mesh(mesh_for("ep")):
         assert expert_parallel.engine_for_active_mesh("capacity") is not dispatch.capacity
+    # A bare jax.set_mesh (no flax rules context) works too, with FALLBACK_RULES.
+    x, index, weights, experts, _ = make_problem()
+    with jax.set_mesh(mesh_for("ep_data")):
+        engine = expert_parallel.engine_for_active_mesh("reference")
+        y, dropped = jax.jit(lambda *a: engine(*a, None))(x, index, weights, experts)
+    assert int(dropped) == 0
+    assert_close(y, dispatch.reference(x, index, weights, experts)[0])
 
 
 def test_ragged_exchange_lowers_for_gpu():
