@@ -7,9 +7,13 @@ T rows per tile. Rows are sorted by expert: expert e owns a contiguous block of 
 Two implementations computing the same numbers:
 
 - `ragged_swiglu` (GPU/TPU): `jax.lax.ragged_dot` on an unpadded buffer described by
-  `group_sizes [E]`. XLA lowers it to a real grouped matmul on accelerators and autodiff
-  gives the grouped transposes. On CPU it lowers to a masked dense product over all E
-  experts (E times the work), so there it only runs in tests.
+  `group_sizes [E]`; autodiff gives the grouped transposes. On TPU XLA lowers it to a
+  grouped matmul. On CPU it is a masked dense product over all E experts (measured
+  ~100x the dense MLP at the benchmark shape), so there it only runs in tests. On
+  NVIDIA GPUs a grouped lowering needs XLA's cuDNN ragged-dot fusion
+  (--xla_gpu_experimental_use_ragged_dot_fusion, openxla/xla#40189); without it jaxlib
+  0.10 materialises the dense product too (marin-community/marin#7012): measure it on
+  the GPU at hand before relying on it.
 
 - `tiled_moe` (CPU): gather, expert MLP and weighted combine fused in one loop, with a
   hand-written backward (`jax.custom_vjp`) of the same shape. See its docstring.
