@@ -3,6 +3,7 @@
     moe-jax params --config configs/deepseek_v3.py [--json]
     moe-jax demo [--seconds 60]
     moe-jax plan --config configs/deepseek_v3.py --mesh data=1,fsdp=32,expert=8,tensor=1 [--json]
+    moe-jax sample --config X --checkpoint WORKDIR --prompt "12+34=" [--temperature 0.7]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 from moe_jax.parallel.plan import add_plan_command
 from moe_jax.interop.cli import add_convert_command
+from moe_jax.infer.cli import add_sample_command
 
 
 def _params(args) -> int:
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     add_plan_command(sub)
     add_convert_command(sub)
+    add_sample_command(sub)
     return parser
 
 

@@ -5,9 +5,17 @@ head dim, V value head dim, L kv_lora_rank (the compressed latent), Q q_lora_ran
 
 Keys and values are produced from one latent c_kv [B, T, L] per token plus one rope key
 [B, T, R] shared by all heads; that pair is all an inference cache has to keep.
+
+Decoding (`cache=` given, see `MLACache`) stores that pair per token and uses DeepSeek's
+absorbed projections: W_kv_b's key part W_uk is folded into the query
+(q_nope @ W_uk lands in latent space) and its value part W_uv is applied after
+attention, so each step attends directly over the S cached latents and never
+decompresses per-head keys or values. S is the cache length.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -38,6 +46,43 @@ def dot_product_attention(q, k, v, mask, scale):
     # Rows with no visible key (padding) would average everything: zero them instead.
     probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
     return jnp.einsum("bhqk,bkhv->bqhv", probs.astype(v.dtype), v)
+
+
+class MLACache(NamedTuple):
+    """One layer's view of the inference cache for a call that appends T new tokens.
+
+    c_kv:  [B, S, L]  cached normalised latents (any dtype; cast to the compute dtype)
+    k_rope: [B, S, R] cached rope keys, rope already applied
+    index: int32 []   slot where the first new token is written (the same for all rows:
+                      prompts are left-padded)
+    valid: bool [B, S] slots holding a real token of the row (padding False), the new
+                      tokens' slots included; causality is added from `index`
+    """
+
+    c_kv: jax.Array
+    k_rope: jax.Array
+    index: jax.Array
+    valid: jax.Array
+
+
+def absorbed_attention(q_nope, q_rope, c_kv, k_rope, w_kv_b, mask, scale):
+    """Attention over latents with W_uk folded into the query and W_uv applied after.
+
+    q_nope [B,T,H,N], q_rope [B,T,H,R], c_kv [B,S,L], k_rope [B,S,R], w_kv_b [L,H,N+V],
+    mask [B,1,T,S] -> per-head outputs [B,T,H,V]. Equal to decompressing k = c_kv W_uk,
+    v = c_kv W_uv and running `dot_product_attention`, by associativity:
+    q_nope . (c W_uk) = (q_nope W_uk^T) . c  and  sum_s p_s (c_s W_uv) = (sum_s p_s c_s) W_uv.
+    """
+    n = q_nope.shape[-1]
+    w_uk, w_uv = w_kv_b[..., :n], w_kv_b[..., n:]  # [L,H,N], [L,H,V]
+    q_latent = jnp.einsum("bthn,lhn->bthl", q_nope, w_uk)  # [B,T,H,L]
+    logits = (jnp.einsum("bthl,bsl->bhts", q_latent, c_kv, preferred_element_type=jnp.float32)
+              + jnp.einsum("bthr,bsr->bhts", q_rope, k_rope, preferred_element_type=jnp.float32))
+    logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
+    out_latent = jnp.einsum("bhts,bsl->bthl", probs.astype(c_kv.dtype), c_kv)  # [B,T,H,L]
+    return jnp.einsum("bthl,lhv->bthv", out_latent, w_uv)
 
 
 class MLA(nn.Module):
@@ -94,8 +139,19 @@ class MLA(nn.Module):
         return self._weight("o", (m.num_heads, m.v_head_dim, m.d_model), ("heads", "kv", "embed"))
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids=None):
-        """x: [B,T,D], positions: [B,T] int, segment_ids: [B,T] int or None -> [B,T,D]."""
+    def __call__(self, x, positions, segment_ids=None, cache: MLACache | None = None,
+                 prefill: bool = False):
+        """x: [B,T,D], positions: [B,T] int, segment_ids: [B,T] int or None -> [B,T,D].
+
+        With `cache`, returns (y [B,T,D], (c_kv [B,T,L], k_rope [B,T,R])): the new
+        tokens' latents, which the caller writes into its cache at `cache.index`. Then
+        `prefill=True` means the T tokens are the whole context (the cache is empty):
+        attention runs decompressed over them with `segment_ids` masking, exactly as in
+        training; otherwise it runs absorbed over the cache plus the new tokens.
+        """
+        if cache is not None:
+            return self._attend_with_cache(x.astype(self.dtype), positions, segment_ids, cache,
+                                           prefill)
         m = self.config
         x = x.astype(self.dtype)
         q_nope, q_rope = self.project_query(x, positions)
@@ -109,3 +165,31 @@ class MLA(nn.Module):
         mask = attention_mask(positions, positions, segment_ids, segment_ids)
         out = dot_product_attention(q, k, v, mask, softmax_scale(m))  # [B,T,H,V]
         return jnp.einsum("bthv,hvd->btd", out, self.out_weight())
+
+    def _attend_with_cache(self, x, positions, segment_ids, cache: MLACache, prefill: bool):
+        m = self.config
+        q_nope, q_rope = self.project_query(x, positions)
+        c_new, k_rope_new = self.compress_kv(x, positions)
+        w_kv_b = self.kv_up_weight()
+        if prefill:  # the same operations as the training forward
+            kv = jnp.einsum("btl,lhk->bthk", c_new, w_kv_b)
+            k_nope, v = kv[..., : m.qk_nope_head_dim], kv[..., m.qk_nope_head_dim:]
+            k_rope = jnp.broadcast_to(k_rope_new[:, :, None, :],
+                                      k_nope.shape[:-1] + (m.qk_rope_head_dim,))
+            q = jnp.concatenate([q_nope, q_rope], axis=-1)
+            k = jnp.concatenate([k_nope, k_rope], axis=-1)
+            mask = attention_mask(positions, positions, segment_ids, segment_ids)
+            out = dot_product_attention(q, k, v, mask, softmax_scale(m))
+        else:
+            start = (0, cache.index, 0)
+            update = jax.lax.dynamic_update_slice
+            c_kv = update(cache.c_kv, c_new.astype(cache.c_kv.dtype), start)
+            k_rope = update(cache.k_rope, k_rope_new.astype(cache.k_rope.dtype), start)
+            slots = jnp.arange(c_kv.shape[1], dtype=jnp.int32)  # [S]
+            query_slots = cache.index + jnp.arange(x.shape[1], dtype=jnp.int32)  # [T]
+            causal = slots[None, :] <= query_slots[:, None]  # [T, S]
+            mask = (causal[None] & cache.valid[:, None, :])[:, None]  # [B,1,T,S]
+            out = absorbed_attention(q_nope, q_rope, c_kv.astype(self.dtype),
+                                     k_rope.astype(self.dtype), w_kv_b, mask, softmax_scale(m))
+        y = jnp.einsum("bthv,hvd->btd", out, self.out_weight())
+        return y, (c_new, k_rope_new)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax.layers.attention import MLA
+from moe_jax.layers.attention import MLA, MLACache
 from moe_jax.layers.initializers import dense_init
 from moe_jax.layers.mlp import MLP
 from moe_jax.layers.norms import RMSNorm
@@ -42,17 +42,26 @@ class DecoderLayer(nn.Module):
     use_moe: bool
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
+    def __call__(self, x, positions, segment_ids, cache: MLACache | None = None,
+                 prefill: bool = False):
+        """With `cache` (decoding), returns (x, stats, new tokens' (c_kv, k_rope)); see MLA."""
         m = self.config
         dtype, param_dtype = dtype_of(m.dtype), dtype_of(m.param_dtype)
         norm = lambda name: RMSNorm(m.rms_eps, dtype, param_dtype, name=name)
-        x = x + MLA(m, dtype, param_dtype, name="attn")(norm("attn_norm")(x), positions, segment_ids)
+        if cache is None:
+            x = x + MLA(m, dtype, param_dtype, name="attn")(norm("attn_norm")(x), positions, segment_ids)
+        else:
+            attn, new_latents = MLA(m, dtype, param_dtype, name="attn")(
+                norm("attn_norm")(x), positions, segment_ids, cache=cache, prefill=prefill)
+            x = x + attn
         h = norm("mlp_norm")(x)
         if self.use_moe:
             out, stats = MoEBlock(m, dtype, param_dtype, name="moe")(h)
         else:
             out, stats = MLP(m.d_model, m.dense_ffn, m.init_std, dtype, param_dtype, name="mlp")(h), {}
-        return x + out, stats
+        if cache is None:
+            return x + out, stats
+        return x + out, stats, new_latents
 
 
 def _layer_stack(m, use_moe: bool, count: int, name: str):
@@ -163,3 +172,67 @@ class Transformer(nn.Module):
         if mtp_logits:
             extras["mtp_logits"] = jnp.stack(mtp_logits)
         return logits, extras
+
+
+# ----------------------------------------------------------------------------------------
+# Decoding path: the same modules and parameters, run layer by layer over a KV cache that
+# holds MLA's latents. The training forward above does not go through any of this.
+
+
+def layer_stacks(m):
+    """[(name, use_moe, count)] of the main decoder stacks, in order; names match params."""
+    stacks = []
+    if m.num_dense_layers:
+        stacks.append(("dense_layers", False, m.num_dense_layers))
+    if m.num_layers > m.num_dense_layers:
+        stacks.append(("moe_layers", True, m.num_layers - m.num_dense_layers))
+    return stacks
+
+
+def _layer_variables(m, params, router_bias, name, count):
+    """Per-stack variables with a leading layer axis, whichever way the layers were built."""
+    if m.scan_layers:
+        p, b = params[name], router_bias.get(name, {})
+    else:
+        p = jax.tree.map(lambda *a: jnp.stack(a), *[params[f"{name}_{i}"] for i in range(count)])
+        per_layer = [router_bias.get(f"{name}_{i}", {}) for i in range(count)]
+        b = jax.tree.map(lambda *a: jnp.stack(a), *per_layer) if per_layer[0] else {}
+    return p, b
+
+
+def forward_with_cache(m, params, router_bias, tokens, positions, segment_ids, caches, index,
+                       valid, *, prefill: bool = False):
+    """Run the main model on T new tokens against a cache; MTP modules are not used.
+
+    tokens, positions, segment_ids: [B, T]; caches: {stack name: (c_kv [n, B, S, L],
+    k_rope [n, B, S, R])}; index: int32 [] slot of the first new token; valid: bool [B, S]
+    (see MLACache). -> (logits [B, T, V] float32, caches with the new tokens written).
+    With prefill=True the new tokens are the whole context and attend to each other
+    only (segment_ids mask padding), exactly as `Transformer.__call__` computes them.
+    """
+    model = Transformer(m)
+    x = model.apply({"params": params}, tokens, method=lambda mod, t: mod.embed(t))
+    new_caches = {}
+    for name, use_moe, count in layer_stacks(m):
+        layer = DecoderLayer(m, use_moe)
+        stack_params, stack_bias = _layer_variables(m, params, router_bias, name, count)
+
+        def one_layer(carry, layer_vars, layer=layer):
+            x, c_kv_all, k_rope_all, i = carry
+            p, b = layer_vars
+            variables = {"params": p, BIAS_COLLECTION: b} if b else {"params": p}
+            cache = MLACache(c_kv_all[i], k_rope_all[i], index, valid)
+            x, _, (c_new, k_rope_new) = layer.apply(variables, x, positions, segment_ids,
+                                                    cache=cache, prefill=prefill)
+            at, update = (i, 0, index, 0), jax.lax.dynamic_update_slice
+            c_kv_all = update(c_kv_all, c_new[None].astype(c_kv_all.dtype), at)
+            k_rope_all = update(k_rope_all, k_rope_new[None].astype(k_rope_all.dtype), at)
+            return (x, c_kv_all, k_rope_all, i + 1), None
+
+        c_kv_all, k_rope_all = caches[name]
+        carry = (x, c_kv_all, k_rope_all, jnp.zeros((), jnp.int32))
+        (x, c_kv_all, k_rope_all, _), _ = jax.lax.scan(one_layer, carry, (stack_params, stack_bias))
+        new_caches[name] = (c_kv_all, k_rope_all)
+    logits = model.apply({"params": params}, x,
+                         method=lambda mod, h: mod.logits(mod.final_norm(h)))
+    return logits, new_caches

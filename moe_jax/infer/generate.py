@@ -1,0 +1,177 @@
+"""Jitted prefill, decode step and batched generation over the MLA latent cache.
+
+    cache = init_cache(model_config, B, P + N)
+    logits_last, cache = prefill(model_config, params, router_bias, cache, prompts, lengths)
+    logits, cache = decode_step(model_config, params, router_bias, cache, next_tokens)
+
+or all at once, in one jit with a `lax.while_loop` that stops when every row is done:
+
+    out = generate(model_config, params, router_bias, prompts, lengths, max_new_tokens=N,
+                   rng=key, temperature=0.7, top_p=0.95, stop_tokens=(eos,), pad_id=pad)
+    out["tokens"] [B, N], out["lengths"] [B], out["logprobs"] [B, N], out["finished"] [B]
+
+Prompts are left-padded [B, P] (see cache.py). MoE layers run with a dispatch that
+never drops a token (`inference_config`), so a row's output does not depend on what
+else is in the batch. MTP modules are not used.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from moe_jax.infer.cache import KVCache, init_cache
+from moe_jax.infer.sampling import sample_tokens, token_logprobs
+from moe_jax.models.transformer import forward_with_cache
+
+
+def inference_config(model_config) -> ml_collections.FrozenConfigDict:
+    """The model config with a never-dropping dispatch, frozen (hashable, for jit).
+
+    A dropped token at inference silently changes an answer; generation batches are small.
+    """
+    from moe_jax.moe.dispatch import ENGINES
+
+    if isinstance(model_config, ml_collections.FrozenConfigDict):
+        config = model_config.as_configdict()
+    else:
+        config = model_config.copy_and_resolve_references()
+    config.dispatch = "dropless" if "dropless" in ENGINES else "reference"
+    return ml_collections.FrozenConfigDict(config)
+
+
+def _frozen(model_config):
+    if isinstance(model_config, ml_collections.FrozenConfigDict) and model_config.dispatch in (
+            "dropless", "reference"):
+        return model_config
+    return inference_config(model_config)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prefill(m, params, router_bias, cache: KVCache, prompt_tokens, prompt_lengths):
+    batch, prompt_len = prompt_tokens.shape
+    lengths = prompt_lengths.astype(jnp.int32)
+    index = jnp.arange(prompt_len, dtype=jnp.int32)[None, :]
+    left_pad = prompt_len - lengths[:, None]
+    real = index >= left_pad  # [B, P]
+    positions = jnp.maximum(index - left_pad, 0)
+    cache = cache.replace(lengths=lengths, index=jnp.asarray(prompt_len, jnp.int32))
+    logits, arrays = forward_with_cache(
+        m, params, router_bias, prompt_tokens.astype(jnp.int32), positions, real.astype(jnp.int32),
+        cache.arrays(), jnp.zeros((), jnp.int32), cache.valid(prompt_len), prefill=True)
+    cache = cache.replace(c_kv={k: v[0] for k, v in arrays.items()},
+                          k_rope={k: v[1] for k, v in arrays.items()})
+    return logits, cache
+
+
+def prefill(model_config, params, router_bias, cache: KVCache, prompt_tokens, prompt_lengths,
+            *, all_logits: bool = False):
+    """Fill an empty cache with left-padded prompts [B, P] of `prompt_lengths` [B] tokens.
+
+    -> (logits of the last prompt token [B, V] float32 (all positions [B, P, V] with
+    all_logits), cache holding P slots). Rows with length 0 are allowed and masked.
+    """
+    logits, cache = _prefill(_frozen(model_config), params, router_bias or {}, cache,
+                             jnp.asarray(prompt_tokens), jnp.asarray(prompt_lengths))
+    return (logits if all_logits else logits[:, -1]), cache
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _extend(m, params, router_bias, cache: KVCache, tokens):
+    new = tokens.shape[1]
+    positions = cache.lengths[:, None] + jnp.arange(new, dtype=jnp.int32)[None, :]
+    segment_ids = jnp.ones(tokens.shape, jnp.int32)
+    logits, arrays = forward_with_cache(
+        m, params, router_bias, tokens.astype(jnp.int32), positions, segment_ids, cache.arrays(),
+        cache.index, cache.valid(cache.index + new), prefill=False)
+    cache = cache.replace(c_kv={k: v[0] for k, v in arrays.items()},
+                          k_rope={k: v[1] for k, v in arrays.items()},
+                          lengths=cache.lengths + new, index=cache.index + new)
+    return logits, cache
+
+
+def extend(model_config, params, router_bias, cache: KVCache, tokens):
+    """Append tokens [B, T] to every row (absorbed attention over the cache).
+
+    -> (logits [B, T, V], cache). The caller keeps index + T <= the cache's max_len.
+    """
+    return _extend(_frozen(model_config), params, router_bias or {}, cache, jnp.asarray(tokens))
+
+
+def decode_step(model_config, params, router_bias, cache: KVCache, tokens):
+    """One token per row, tokens [B] -> (logits [B, V] float32, cache one slot longer)."""
+    logits, cache = extend(model_config, params, router_bias, cache, jnp.asarray(tokens)[:, None])
+    return logits[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "m", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id",
+    "cache_dtype"))
+def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max_new_tokens,
+              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype):
+    batch, prompt_len = prompt_tokens.shape
+    cache = init_cache(m, batch, prompt_len + max_new_tokens, cache_dtype)
+    logits, cache = _prefill(m, params, router_bias, cache, prompt_tokens, prompt_lengths)
+    stop = jnp.asarray(stop_tokens, jnp.int32)
+
+    def choose(step, logits, done):
+        """Sample from logits [B, V]; rows already done get pad_id and log-prob 0."""
+        token = sample_tokens(logits, jax.random.fold_in(rng, step), temperature=temperature,
+                              top_k=top_k, top_p=top_p)
+        logprob = token_logprobs(logits, token)
+        token = jnp.where(done, pad_id, token)
+        logprob = jnp.where(done, 0.0, logprob)
+        now_done = done | jnp.any(token[:, None] == stop[None, :], axis=-1) if stop_tokens else done
+        return token, logprob, now_done
+
+    tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
+    logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
+    done = jnp.zeros((batch,), bool)
+    token, logprob, new_done = choose(0, logits[:, -1], done)
+    tokens, logprobs = tokens.at[:, 0].set(token), logprobs.at[:, 0].set(logprob)
+    lengths = jnp.ones((batch,), jnp.int32)
+
+    def cond(state):
+        step, _, _, _, _, done, _ = state
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, token, tokens, logprobs, done, lengths = state
+        logits, cache = _extend(m, params, router_bias, cache, token[:, None])
+        token, logprob, new_done = choose(step, logits[:, 0], done)
+        tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
+        logprobs = jax.lax.dynamic_update_slice(logprobs, logprob[:, None], (0, step))
+        lengths = lengths + (~done).astype(jnp.int32)
+        return step + 1, cache, token, tokens, logprobs, new_done, lengths
+
+    state = (jnp.ones((), jnp.int32), cache, token, tokens, logprobs, new_done, lengths)
+    _, _, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, state)
+    return {"tokens": tokens, "lengths": lengths, "logprobs": logprobs, "finished": done}
+
+
+def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *,
+             max_new_tokens: int, rng=None, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, stop_tokens=(), pad_id: int = 0, cache_dtype=None):
+    """Sample up to `max_new_tokens` per left-padded prompt, all in one jit.
+
+    Returns a dict:
+      tokens   int32 [B, N]   new tokens; after a stop token (kept) a row holds pad_id
+      lengths  int32 [B]      new tokens per row, the stop token included
+      logprobs float32 [B, N] log-prob of each chosen token under the model at
+                              temperature 1, no top-k/top-p (what GRPO needs); 0 after done
+      finished bool [B]       the row produced a stop token
+    temperature 0 is greedy; the same rng gives the same tokens.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if rng is None:
+        rng = jax.random.PRNGKey(0)
+    return _generate(params, router_bias or {}, jnp.asarray(prompt_tokens, jnp.int32),
+                     jnp.asarray(prompt_lengths, jnp.int32), rng, m=_frozen(model_config),
+                     max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                     top_k=int(top_k), top_p=float(top_p),
+                     stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
+                     cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name)
