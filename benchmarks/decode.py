@@ -1,0 +1,116 @@
+"""KV-cached decoding: cache size per token (MLA vs multi-head attention) and speed.
+
+Prints ONE JSON line:
+  - DeepSeek-V3 (configs/deepseek_v3.py, by arithmetic, nothing allocated): bytes per
+    token of the MLA latent cache in bfloat16, (kv_lora_rank + rope) x layers x 2, next
+    to a multi-head-attention cache of full keys (qk_nope + rope) and values for every
+    head, and their ratio.
+  - The tiny model (configs/tiny.py, random weights) on this machine: greedy decoding
+    tokens/s with the cache (`infer.generate`) and with full recomputation
+    (`infer/greedy.py`), same batch, prompt and length, and their ratio. Timings are
+    interleaved (cached, full, cached, full, ...) and each side's median is taken, so
+    load from other work on a shared machine hits both alike. Both produce the same
+    tokens (checked, reported as same_tokens).
+
+    python benchmarks/decode.py                       # B=8, prompt 16, 112 new tokens
+    python benchmarks/decode.py --batch 1 --new-tokens 240
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from moe_jax.config import load_config
+from moe_jax.infer.cache import cache_bytes_per_token, mha_cache_bytes_per_token
+from moe_jax.infer.generate import generate, inference_config
+from moe_jax.infer.greedy import greedy_generate
+from moe_jax.models.transformer import Transformer
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=112)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args()
+
+
+def v3_cache_figures():
+    m = load_config("configs/deepseek_v3.py").model
+    mla = cache_bytes_per_token(m, "bfloat16")
+    mha = mha_cache_bytes_per_token(m, "bfloat16")
+    return {"v3_mla_cache_bytes_per_token_bf16": mla, "v3_mha_cache_bytes_per_token_bf16": mha,
+            "v3_mha_over_mla": round(mha / mla, 2)}
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return time.perf_counter() - start, out
+
+
+def tiny_decode_figures(args):
+    m = inference_config(load_config("configs/tiny.py").model)
+    model = Transformer(m)
+    variables = nn.unbox(model.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, 8), jnp.int32)))
+    params, bias = variables["params"], variables["router_bias"]
+    prompts = jax.random.randint(jax.random.PRNGKey(args.seed + 1), (args.batch, args.prompt_len),
+                                 3, m.vocab_size)
+    lengths = jnp.full((args.batch,), args.prompt_len, jnp.int32)
+    n = args.new_tokens
+
+    def cached():  # no stop tokens: every row runs the full length
+        return generate(m, params, bias, prompts, lengths, max_new_tokens=n, pad_id=0)["tokens"]
+
+    def full():
+        apply_fn = _full_apply(model)
+        return greedy_generate(apply_fn, variables, prompts, lengths, max_new_tokens=n,
+                               eos_id=-1, pad_id=0)
+
+    compile_cached, a = _timed(cached)
+    compile_full, b = _timed(full)
+    times = {"cached": [], "full": []}
+    for _ in range(args.rounds):
+        times["cached"].append(_timed(cached)[0])
+        times["full"].append(_timed(full)[0])
+    t_cached, t_full = statistics.median(times["cached"]), statistics.median(times["full"])
+    tokens = args.batch * n
+    return {
+        "tiny_batch": args.batch, "tiny_prompt_len": args.prompt_len, "tiny_new_tokens": n,
+        "tiny_cached_tokens_per_s": round(tokens / t_cached, 1),
+        "tiny_full_recompute_tokens_per_s": round(tokens / t_full, 1),
+        "cached_over_full_speed": round(t_full / t_cached, 2),
+        "same_tokens": bool(np.array_equal(np.asarray(a), np.asarray(b))),
+        "first_call_s": {"cached": round(compile_cached, 2), "full": round(compile_full, 2)},
+    }
+
+
+_APPLY = {}
+
+
+def _full_apply(model):
+    # One function object per model, so greedy_generate's jit cache (static apply_fn) hits.
+    if id(model) not in _APPLY:
+        _APPLY[id(model)] = lambda v, t, p, s: model.apply(v, t, p, s)[0]
+    return _APPLY[id(model)]
+
+
+def main():
+    args = parse_args()
+    figures = {"benchmark": "decode", "backend": jax.default_backend(), **v3_cache_figures(),
+               **tiny_decode_figures(args)}
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
