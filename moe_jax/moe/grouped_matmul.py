@@ -72,6 +72,17 @@ def _scatter_add_rows(table, index, rows):
     return table.at[index].add(rows.astype(table.dtype), mode="drop", unique_indices=True)
 
 
+def _to_bits(a):
+    """16-bit floats travel through loop carries as their bits (uint16): XLA:CPU has no
+    bfloat16 dynamic-update-slice and would convert the whole carried buffer to float32
+    and back at every loop step."""
+    return lax.bitcast_convert_type(a, jnp.uint16) if a.dtype.itemsize == 2 else a
+
+
+def _from_bits(a, dtype):
+    return lax.bitcast_convert_type(a, dtype) if a.dtype != dtype else a
+
+
 def _pad_rows(a, num_rows):
     return jnp.pad(a, [(0, num_rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
@@ -177,7 +188,8 @@ def _with_slack(row_token, row_weight, num_tokens, max_tile):
 
 def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align,
                    keep_pre):
-    """-> (y [S, D] float32, pre-activations [R + max_tile, 2F] if keep_pre else None)."""
+    """-> (y [S, D] float32, pre-activations [R + max_tile, 2F] if keep_pre else None; in
+    `_to_bits` form)."""
     num_tokens, d_model = x.shape
     num_rows, ffn = row_token.shape[0], gate.shape[-1]
     row_token, row_weight = _with_slack(row_token, row_weight, num_tokens, max_tile)
@@ -199,7 +211,7 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
         def update(carry, row, token, out, gu=None):
             y, pre = carry
             y = _scatter_add_rows(y, token, out)
-            return y, (lax.dynamic_update_slice_in_dim(pre, gu, row, 0) if keep_pre else None)
+            return y, (lax.dynamic_update_slice_in_dim(pre, _to_bits(gu), row, 0) if keep_pre else None)
 
         def tile_step(row, carry):
             token, weight = tile_rows(row)
@@ -218,7 +230,7 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
 
         return _for_each_expert_block(start, rows, max_tile, rest_step, tile_step, carry), None
 
-    pre = jnp.zeros((num_rows + max_tile, 2 * ffn), x.dtype) if keep_pre else None
+    pre = _to_bits(jnp.zeros((num_rows + max_tile, 2 * ffn), x.dtype)) if keep_pre else None
     init = (jnp.zeros(x.shape, jnp.float32), pre)
     (y, pre), _ = lax.scan(expert_step, init, (block_start, block_rows, gate, up, down))
     return y, pre
@@ -252,7 +264,7 @@ def _tiled_bwd(max_tile, align, residuals, dy):
         def tile_rows(row):
             return (lax.dynamic_slice_in_dim(row_token, row, max_tile),
                     lax.dynamic_slice_in_dim(row_weight, row, max_tile),
-                    lax.dynamic_slice_in_dim(pre, row, max_tile))
+                    _from_bits(lax.dynamic_slice_in_dim(pre, row, max_tile), x.dtype))
 
         def update(dx, d_row_weight, row, token, dxt, d_weight):
             return (_scatter_add_rows(dx, token, dxt),
@@ -283,13 +295,14 @@ def _tiled_bwd(max_tile, align, residuals, dy):
             start, rows, max_tile, rest_step, tile_step, carry)
         grads = (d_gate_up[:, :ffn].astype(gate.dtype), d_gate_up[:, ffn:].astype(up.dtype),
                  d_down.astype(down.dtype))
+        grads = tuple(_to_bits(g) for g in grads)  # stacked by the scan: see _to_bits
         return (dx, d_row_weight), grads
 
     init = (jnp.zeros(x.shape, acc), jnp.zeros((num_rows + max_tile,), acc))
     (dx, d_row_weight), (d_gate, d_up, d_down) = lax.scan(
         expert_step, init, (block_start, block_rows, gate, up, down))
     return (dx.astype(x.dtype), d_row_weight[:num_rows].astype(row_weight.dtype), None, None, None,
-            d_gate, d_up, d_down)
+            _from_bits(d_gate, gate.dtype), _from_bits(d_up, up.dtype), _from_bits(d_down, down.dtype))
 
 
 tiled_moe.defvjp(_tiled_fwd, _tiled_bwd)
