@@ -39,8 +39,8 @@ def parse_args():
     p.add_argument("--expert-ffn", type=int, default=256)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--capacity-factor", type=float, default=1.25)
-    p.add_argument("--max-tile", type=int, default=dropless.DEFAULT_MAX_TILE, help="dropless CPU tile rows")
-    p.add_argument("--align", type=int, default=dropless.DEFAULT_ALIGN, help="dropless CPU block alignment")
+    p.add_argument("--max-tile", type=int, default=None, help="dropless CPU tile rows (default: cpu_tiling)")
+    p.add_argument("--align", type=int, default=None, help="dropless CPU block alignment (default: cpu_tiling)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     p.add_argument("--with-reference", action="store_true", help="also time the E-times-work loop")
     p.add_argument("--seed", type=int, default=0)
@@ -111,8 +111,10 @@ def main():
     num_assignments = a.tokens * a.top_k
     load = np.bincount(np.asarray(expert_index).ravel(), minlength=a.experts)
 
+    default_tiling = dropless.cpu_tiling(num_assignments, a.experts)
+    tiling = (a.max_tile or default_tiling[0], a.align or default_tiling[1])
     engines = {"capacity": dispatch.capacity,
-               "dropless": lambda *args: dropless.dropless(*args, max_tile=a.max_tile, align=a.align)}
+               "dropless": lambda *args: dropless.dropless(*args, max_tile=tiling[0], align=tiling[1])}
     if a.with_reference:
         engines["reference"] = dispatch.reference
     steps = {"dense": (dense_step(), (x, dense))}
@@ -153,7 +155,7 @@ def main():
         "shape": {"S": a.tokens, "D": a.d_model, "E": a.experts, "K": a.top_k, "F": a.expert_ffn,
                   "dense_ffn": a.top_k * a.expert_ffn, "dtype": a.dtype},
         "capacity_factor": a.capacity_factor,
-        "dropless_tiling": {"max_tile": a.max_tile, "align": a.align},
+        "dropless_tiling": dict(zip(("max_tile", "align"), tiling)),
         "backend": jax.default_backend(),
         "dropless_implementation": dropless.default_implementation(),
         "routing": "softmax top-k of N(0,1) logits",

@@ -27,11 +27,9 @@ import jax.numpy as jnp
 from moe_jax.moe import grouped_matmul
 from moe_jax.moe.permutation import combine, permute
 
-# CPU grouped matmul (see `grouped_matmul.tiled_moe`): every expert's block is padded to
-# a multiple of ALIGN rows (so < ALIGN padding rows per expert) and runs as tiles of at
-# most MAX_TILE rows. Measured in benchmarks/RESULTS.md.
-DEFAULT_MAX_TILE = 512
-DEFAULT_ALIGN = 32
+# Bounds of the CPU tiling (see `cpu_tiling`). Measured in benchmarks/RESULTS.md.
+MAX_TILE_LIMIT = 512  # bigger tiles gain nothing on CPU and make the switch longer
+MAX_TILE_SIZES = 16  # each tile size is one more switch branch: ~0.4 s of compile each
 
 
 class SortedLayout(NamedTuple):
@@ -43,6 +41,24 @@ class SortedLayout(NamedTuple):
     group_sizes: jax.Array  # [E] int32: assignments per expert
     block_start: jax.Array  # [E] int32: first row of each expert's block
     block_rows: jax.Array  # [E] int32: rows in each expert's block (group size + padding)
+
+
+def cpu_tiling(num_assignments: int, num_experts: int) -> tuple[int, int]:
+    """(max_tile, align) for the CPU kernel, from the static mean rows per expert N / E.
+
+    Every expert's block is padded to a multiple of `align` rows and runs as one tile of
+    its own size if it has at most `max_tile` rows. max_tile ~ 1.25 N / E lets most
+    experts run as one matmul under the usual load spread; align is the smallest power
+    of two (at least 8) that keeps the tile sizes align, 2 align, ..., max_tile to at
+    most MAX_TILE_SIZES. Benchmark shape (N / E = 384): (480, 32). Decoding a few tokens
+    (N / E < 1): (8, 8), tiles of 8 rows and no switch at all.
+    """
+    target = max(1.25 * num_assignments / num_experts, 1.0)
+    align = 8
+    while align < 64 and target > align * MAX_TILE_SIZES:
+        align *= 2
+    max_tile = min(MAX_TILE_LIMIT, -(-int(target) // align) * align)
+    return max(max_tile, align), align
 
 
 def num_buffer_rows(num_assignments: int, num_experts: int, align: int) -> int:
@@ -111,15 +127,15 @@ def default_implementation() -> str:
 
 
 def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
-             implementation: str | None = None, max_tile: int = DEFAULT_MAX_TILE,
-             align: int = DEFAULT_ALIGN):
+             implementation: str | None = None, max_tile: int | None = None,
+             align: int | None = None):
     """Dropless dispatch engine (the signature of every engine in `dispatch.py`).
 
     x: [S, D]; expert_index: [S, K] int; combine_weights: [S, K]; experts: ExpertWeights,
     gate and up [E, D, F], down [E, F, D] -> (y [S, D] in x.dtype, num_dropped = 0).
     `capacity_factor` is ignored: every expert takes all its tokens.
     implementation: "tiled" (CPU), "ragged_dot" (GPU/TPU), or None for the backend's own.
-    max_tile, align: CPU tiling; max_tile must be a multiple of align.
+    max_tile, align: CPU tiling, max_tile a multiple of align; None: `cpu_tiling`.
     """
     del capacity_factor
     implementation = implementation or default_implementation()
@@ -130,6 +146,9 @@ def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
         out = grouped_matmul.ragged_swiglu(xs, layout.group_sizes, experts.gate, experts.up, experts.down)
         y = combine(out, combine_weights, layout.assignment_row, layout.row_token, layout.row_assignment)
     elif implementation == "tiled":
+        default_max_tile, default_align = cpu_tiling(expert_index.size, num_experts)
+        max_tile = max_tile or default_max_tile
+        align = align or default_align
         if max_tile % align:
             raise ValueError(f"max_tile={max_tile} must be a multiple of align={align}")
         layout = sort_by_expert(expert_index, num_experts, align=align)

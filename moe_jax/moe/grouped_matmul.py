@@ -159,6 +159,26 @@ def _for_each_expert_block(block_start, block_rows, max_tile, rest_step, tile_st
     return lax.fori_loop(0, num_full, lambda i, c: tile_step(block_start + i * max_tile, c), carry)
 
 
+def _scan_experts(expert_step, init, block_start, block_rows, gate, up, down, empty_output):
+    """lax.scan over the E experts of `expert_step(carry, start, rows, w_gate_up [D, 2F],
+    w_down [F, D]) -> (carry, per-expert output)`, outputs stacked along E.
+
+    An expert's weights are sliced out (gate and up concatenated, so that a tile runs one
+    wide matmul) only when it has rows: an empty expert, the common case when decoding a
+    few tokens, costs a predicate instead of copies of its weights, and outputs
+    `empty_output`. (A two-way lax.cond keeps the big carried buffers in place on CPU.)
+    """
+
+    def step(carry, e):
+        def run(carry):
+            w_gate_up = jnp.concatenate([gate[e], up[e]], axis=1)  # [D, 2F]
+            return expert_step(carry, block_start[e], block_rows[e], w_gate_up, down[e])
+
+        return lax.cond(block_rows[e] > 0, run, lambda carry: (carry, empty_output), carry)
+
+    return lax.scan(step, init, jnp.arange(gate.shape[0]))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
 def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align):
     """y[s] = sum over rows r with row_token[r] == s of row_weight[r] * SwiGLU_e(r)(x[s]).
@@ -168,10 +188,10 @@ def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down,
     multiple of `align`; gate, up: [E, D, F]; down: [E, F, D]; max_tile: static, a
     multiple of align -> y: [S, D] float32.
 
-    A `lax.scan` over experts takes one expert's weights per step as its scanned input (a
-    slice, never a gather of weights). Each tile of that expert's rows gathers its tokens
-    from x, runs gate/up, SiLU and down while the tile is in cache, and scatter-adds the
-    weighted result into y. Nothing of size [R, D] is materialised; under
+    A `lax.scan` over experts slices one expert's weights per step (a slice, never a
+    gather of weights; skipped for an expert without rows). Each tile of that expert's
+    rows gathers its tokens from x, runs gate/up, SiLU and down while the tile is in
+    cache, and scatter-adds the weighted result into y. Nothing of size [R, D] is materialised; under
     differentiation the pre-activations [R, 2F] are kept for the backward.
     """
     y, _ = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down,
@@ -200,10 +220,7 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
         out, gu = _tile_forward(x, token, weight, w_gate_up, w_down)
         return (out, gu) if keep_pre else (out,)
 
-    def expert_step(carry, expert):
-        start, rows, w_gate, w_up, w_down = expert
-        w_gate_up = jnp.concatenate([w_gate, w_up], axis=1)  # [D, 2F]
-
+    def expert_step(carry, start, rows, w_gate_up, w_down):
         def tile_rows(row):
             return (lax.dynamic_slice_in_dim(row_token, row, max_tile),
                     lax.dynamic_slice_in_dim(row_weight, row, max_tile))
@@ -232,7 +249,7 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
 
     pre = _to_bits(jnp.zeros((num_rows + max_tile, 2 * ffn), x.dtype)) if keep_pre else None
     init = (jnp.zeros(x.shape, jnp.float32), pre)
-    (y, pre), _ = lax.scan(expert_step, init, (block_start, block_rows, gate, up, down))
+    (y, pre), _ = _scan_experts(expert_step, init, block_start, block_rows, gate, up, down, None)
     return y, pre
 
 
@@ -257,10 +274,7 @@ def _tiled_bwd(max_tile, align, residuals, dy):
     rest_zeros = ((jnp.zeros((max_tile, d_model), acc), jnp.zeros((max_tile,), acc)),
                   (jnp.zeros((d_model, 2 * ffn), acc), jnp.zeros((ffn, d_model), acc)))
 
-    def expert_step(carry, expert):
-        start, rows, w_gate, w_up, w_down = expert
-        w_gate_up = jnp.concatenate([w_gate, w_up], axis=1)  # [D, 2F]
-
+    def expert_step(carry, start, rows, w_gate_up, w_down):
         def tile_rows(row):
             return (lax.dynamic_slice_in_dim(row_token, row, max_tile),
                     lax.dynamic_slice_in_dim(row_weight, row, max_tile),
@@ -299,8 +313,9 @@ def _tiled_bwd(max_tile, align, residuals, dy):
         return (dx, d_row_weight), grads
 
     init = (jnp.zeros(x.shape, acc), jnp.zeros((num_rows + max_tile,), acc))
-    (dx, d_row_weight), (d_gate, d_up, d_down) = lax.scan(
-        expert_step, init, (block_start, block_rows, gate, up, down))
+    no_grads = tuple(_to_bits(jnp.zeros(w.shape[1:], w.dtype)) for w in (gate, up, down))
+    (dx, d_row_weight), (d_gate, d_up, d_down) = _scan_experts(
+        expert_step, init, block_start, block_rows, gate, up, down, no_grads)
     return (dx.astype(x.dtype), d_row_weight[:num_rows].astype(row_weight.dtype), None, None, None,
             _from_bits(d_gate, gate.dtype), _from_bits(d_up, up.dtype), _from_bits(d_down, down.dtype))
 

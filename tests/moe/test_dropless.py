@@ -112,13 +112,24 @@ def test_equals_reference_bfloat16(implementation):
     assert_close_tree(grads, grads_ref, 1e-1)
 
 
-def test_gradient_of_plain_sum():
+def test_gradient_of_plain_sum_with_default_tiling():
     # The benchmark's loss: dy is a broadcast, which the CPU kernel must not mishandle.
+    # The engine as registered, so with the default tiling: N / E = 74 / 8 -> (16, 8).
     x, index, weights, experts, _ = make_problem("random", 2)
     ones = jnp.ones((NUM_TOKENS, D_MODEL))
     _, _, grads_ref = value_and_grads(dispatch.reference, x, index, weights, experts, ones)
-    _, _, grads = value_and_grads(IMPLEMENTATIONS["tiled"], x, index, weights, experts, ones)
+    _, _, grads = value_and_grads(dispatch.get_engine("dropless"), x, index, weights, experts, ones)
     assert_close_tree(grads, grads_ref, 1e-5)
+
+
+def test_cpu_tiling():
+    # Benchmark shape: N / E = 4096 * 6 / 64 = 384; target 1.25 * 384 = 480 > 8 * 16 and
+    # > 16 * 16, but <= 32 * 16 = 512: align 32, max_tile = 480 (15 tile sizes).
+    assert dropless.cpu_tiling(4096 * 6, 64) == (480, 32)
+    # Decoding 8 tokens: N / E = 48 / 64 < 1: the smallest tiling, no rest sizes at all.
+    assert dropless.cpu_tiling(48, 64) == (8, 8)
+    # N / E = 1024: target 1280 > 64 * 16, align stops at 64; max_tile capped at 512.
+    assert dropless.cpu_tiling(1024 * 256, 256) == (512, 64)
 
 
 def test_is_registered_and_cpu_default_is_tiled():
