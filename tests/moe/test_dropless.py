@@ -11,9 +11,6 @@ from moe_jax.moe import dispatch, dropless
 
 # S = 37 tokens: not a multiple of any tile, so every expert's block ends in padding.
 NUM_TOKENS, D_MODEL, NUM_EXPERTS, FFN = 37, 16, 8, 12
-# Small tiles so that the tiny problem takes every path of the CPU kernel: with all tokens
-# on one expert, its 37 rows (block of 40) run as five full tiles of 8; other experts
-# have rests of 4.
 
 
 def make_problem(routing, top_k, dtype=jnp.float32, seed=0):
@@ -66,6 +63,9 @@ def reference_results(routing, top_k, dtype=jnp.float32):
 
 
 IMPLEMENTATIONS = {
+    # Small tiles so that the tiny problem takes every path of the CPU kernel: with all
+    # tokens on one expert, its 37 rows (block of 40) run as five full tiles of 8; other
+    # experts have rest tiles of 4.
     "tiled": functools.partial(dropless.dropless, implementation="tiled", max_tile=8, align=4),
     # max_tile == align: only full tiles, never a rest tile.
     "tiled_one_size": functools.partial(dropless.dropless, implementation="tiled", max_tile=4, align=4),
