@@ -22,3 +22,14 @@ def lm_batch(tokens):
     return {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets),
             "loss_mask": jnp.ones((b, t), jnp.float32), "segment_ids": jnp.ones((b, t), jnp.int32),
             "positions": jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))}
+
+
+def random_experts(keys, num_experts, d_model, ffn, scale=0.3):
+    """ExpertWeights with N(0, scale^2) entries from three keys (gate, up, down)."""
+    import jax
+
+    from moe_jax.moe.dispatch import ExpertWeights
+
+    return ExpertWeights(jax.random.normal(keys[0], (num_experts, d_model, ffn)) * scale,
+                         jax.random.normal(keys[1], (num_experts, d_model, ffn)) * scale,
+                         jax.random.normal(keys[2], (num_experts, ffn, d_model)) * scale)

@@ -3,16 +3,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import random_experts
+
 from moe_jax.moe import dispatch
 
 
 def make_problem(seed=0, num_tokens=48, d_model=16, num_experts=8, ffn=12, top_k=2, all_to=None):
     keys = jax.random.split(jax.random.PRNGKey(seed), 6)
     x = jax.random.normal(keys[0], (num_tokens, d_model))
-    experts = dispatch.ExpertWeights(
-        jax.random.normal(keys[1], (num_experts, d_model, ffn)) * 0.3,
-        jax.random.normal(keys[2], (num_experts, d_model, ffn)) * 0.3,
-        jax.random.normal(keys[3], (num_experts, ffn, d_model)) * 0.3)
+    experts = random_experts(keys[1:4], num_experts, d_model, ffn)
     logits = jax.random.normal(keys[4], (num_tokens, num_experts))
     if all_to is not None:  # adversarial: every token's first choice is one expert
         logits = logits.at[:, all_to].set(100.0)

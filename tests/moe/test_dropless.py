@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import random_experts
+
 from moe_jax.moe import dispatch, dropless
 
 # S = 37 tokens: not a multiple of any tile, so every expert's block ends in padding.
@@ -16,10 +18,7 @@ NUM_TOKENS, D_MODEL, NUM_EXPERTS, FFN = 37, 16, 8, 12
 def make_problem(routing, top_k, dtype=jnp.float32, seed=0):
     keys = jax.random.split(jax.random.PRNGKey(seed), 6)
     x = jax.random.normal(keys[0], (NUM_TOKENS, D_MODEL))
-    experts = dispatch.ExpertWeights(
-        jax.random.normal(keys[1], (NUM_EXPERTS, D_MODEL, FFN)) * 0.3,
-        jax.random.normal(keys[2], (NUM_EXPERTS, D_MODEL, FFN)) * 0.3,
-        jax.random.normal(keys[3], (NUM_EXPERTS, FFN, D_MODEL)) * 0.3)
+    experts = random_experts(keys[1:4], NUM_EXPERTS, D_MODEL, FFN)
     logits = jax.random.normal(keys[4], (NUM_TOKENS, NUM_EXPERTS))
     if routing == "all_to_one":  # every token's first choice is expert 5
         logits = logits.at[:, 5].set(100.0)

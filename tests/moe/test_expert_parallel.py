@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from helpers import tiny_model_config
+from helpers import random_experts, tiny_model_config
 from moe_jax.moe import dispatch, expert_parallel
 from moe_jax.moe.block import MoEBlock
 from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION
@@ -38,10 +38,7 @@ def mesh_for(layout):
 def make_problem(all_to=None, seed=0):
     keys = jax.random.split(jax.random.PRNGKey(seed), 6)
     x = jax.random.normal(keys[0], (NUM_TOKENS, D_MODEL))
-    experts = dispatch.ExpertWeights(
-        jax.random.normal(keys[1], (NUM_EXPERTS, D_MODEL, FFN)) * 0.3,
-        jax.random.normal(keys[2], (NUM_EXPERTS, D_MODEL, FFN)) * 0.3,
-        jax.random.normal(keys[3], (NUM_EXPERTS, FFN, D_MODEL)) * 0.3)
+    experts = random_experts(keys[1:4], NUM_EXPERTS, D_MODEL, FFN)
     logits = jax.random.normal(keys[4], (NUM_TOKENS, NUM_EXPERTS))
     if all_to is not None:  # adversarial: every token's first choice is one expert
         logits = logits.at[:, all_to].set(100.0)
