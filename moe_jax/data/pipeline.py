@@ -49,7 +49,8 @@ from moe_jax.data.tokenizer import Tokenizer
 PACKING_MODES = ("first_fit", "pad")
 
 
-def _prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """<bos> (when the tokenizer has one) + the prompt's ids: what every prompt starts as."""
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     return bos + tokenizer.encode(prompt)
 
@@ -62,18 +63,18 @@ def tokenize_example(record: Mapping[str, Any] | Example, tokenizer: Tokenizer,
     cutting a worked solution short would train on an example without its
     answer, so a too-small seq_len is a configuration error.
     """
-    prompt_ids = _prompt_ids(tokenizer, field(record, "prompt"))
+    ids = prompt_ids(tokenizer, field(record, "prompt"))
     response_ids = tokenizer.encode(field(record, "solution")) + [tokenizer.eos_id]
-    inputs = np.asarray(prompt_ids + response_ids, np.int32)
+    inputs = np.asarray(ids + response_ids, np.int32)
     if seq_len is not None and len(inputs) > seq_len:
         raise ValueError(
             f"example of {len(inputs)} tokens does not fit seq_len={seq_len}; raise"
             f" seq_len or lower the difficulty (prompt {field(record, 'prompt')!r})")
     targets = np.append(inputs[1:], np.int32(tokenizer.pad_id))
-    # targets[t] = inputs[t + 1] is a response token for t + 1 >= len(prompt_ids);
+    # targets[t] = inputs[t + 1] is a response token for t + 1 >= len(ids);
     # the final position's target is padding.
     loss_mask = np.zeros(len(inputs), np.float32)
-    loss_mask[len(prompt_ids) - 1:-1] = 1.0
+    loss_mask[len(ids) - 1:-1] = 1.0
     return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask}
 
 
@@ -189,10 +190,10 @@ def eval_batches(source: Sequence[Any], tokenizer: Tokenizer, *, task: str | Tas
     total = len(source) if num_examples is None else min(num_examples, len(source))
     indices = range(process_index, total, process_count)
     examples = [task.from_record(source[i]) for i in indices]
-    prompts = [_prompt_ids(tokenizer, e.prompt) for e in examples]
+    prompts = [prompt_ids(tokenizer, e.prompt) for e in examples]
     if prompt_len is None:
         # Over the whole evaluated set, not this shard, so all processes agree.
-        prompt_len = max((len(_prompt_ids(tokenizer, field(source[i], "prompt")))
+        prompt_len = max((len(prompt_ids(tokenizer, field(source[i], "prompt")))
                           for i in range(total)), default=1)
     num_batches = math.ceil(math.ceil(total / process_count) / batch_size)
 

@@ -10,7 +10,7 @@ from moe_jax.data.tasks import get_task
 from moe_jax.infer.generate import generate
 
 
-def _decode(tokenizer, ids):
+def decode_response(tokenizer, ids):
     """Text of the generated ids, or None when the model emitted an id the tokenizer does
     not have (the embedding table is padded past the vocabulary): a wrong answer, not a crash."""
     if tokenizer.eos_id in ids:
@@ -39,7 +39,7 @@ def exact_match(model_config, params, router_bias, source, tokenizer, *, task: s
             max_new_tokens=max_new_tokens, rng=jax.random.PRNGKey(0), temperature=0.0,
             stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)["tokens"])
         for example, row in zip(batch["examples"], new_tokens):
-            response = _decode(tokenizer, row.tolist())
+            response = decode_response(tokenizer, row.tolist())
             ok = response is not None and bool(verifier.verify(example, response))
             correct += ok
             total += 1

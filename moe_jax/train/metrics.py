@@ -94,10 +94,12 @@ class Progress:
         elapsed = max(time.time() - self.start_time, 1e-9)
         return (step - self.start_step) * self.tokens_per_step / elapsed
 
-    def update(self, step: int, loss: float):
+    def update(self, step: int, loss: float | None = None, **shown: float):
+        """Advance to `step`, showing the loss (or whichever scalars are given) and tokens/s."""
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.tokens_per_second(step):,.0f}",
-                                 refresh=False)
+            values = ({"loss": loss} if loss is not None else {}) | shown
+            self.bar.set_postfix(**{k: f"{v:.4f}" for k, v in values.items()},
+                                 tok_s=f"{self.tokens_per_second(step):,.0f}", refresh=False)
             self.bar.update(step - self.bar.n)  # redraws at most every mininterval
 
     def write(self, message: str):

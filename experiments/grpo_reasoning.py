@@ -1,0 +1,73 @@
+"""GRPO with verifiable rewards on the synthetic reasoning tasks, from an SFT model.
+
+For each training prompt the policy samples G worked solutions; the task's verifier
+scores each (1 if the answer is right, plus rl.format_weight if the response has the
+answer format), advantages are normalised within the group, and the clipped
+policy-ratio objective with a k3 KL penalty to the SFT model is maximised
+(moe_jax/rl/grpo.py). Held-out greedy exact match is measured before the first step
+and every `eval.every` steps.
+
+    python -m moe_jax.main --config=experiments/grpo_reasoning.py:tiny --workdir=runs/grpo
+
+With rl.init_from empty the run first trains experiments/sft_reasoning.py:tiny into
+<workdir>/sft. Rerunning the command resumes (SFT or GRPO, wherever it stopped).
+
+Variants:
+  tiny   arithmetic on 2 CPU cores (the SFT model of sft_reasoning.py:tiny)
+  hf     one accelerator, starting from an imported Hugging Face DeepSeek checkpoint:
+         moe-jax convert --from-hf HF_DIR --to CKPT, then
+         --config.rl.init_from=CKPT --config.data.tokenizer=HF_DIR/tokenizer.json
+         (the model section is taken from CKPT; the task prompts are plain text).
+"""
+
+import os
+
+import ml_collections
+
+from moe_jax.config import load_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = ("tiny", "hf")
+
+
+def get_config(arg=None):
+    variant = arg or "tiny"
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    sft = f"{os.path.join(HERE, 'sft_reasoning.py')}:{'tiny' if variant == 'tiny' else 'small'}"
+    c = load_config(sft)
+    c.experiment = "moe_jax.rl.loop"
+
+    c.rl = ml_collections.ConfigDict()
+    c.rl.sft_config = sft if variant == "tiny" else ""
+    c.rl.init_from = ""  # an SFT workdir or a `moe-jax convert` directory; "" = train SFT first
+    c.rl.group_size = 8  # G
+    c.rl.prompt_len = 16 if variant == "tiny" else 128
+    c.rl.max_new_tokens = 40 if variant == "tiny" else 512
+    c.rl.temperature = 1.0  # sample from pi_theta itself, so pi_old is the sampler
+    c.rl.eps_low, c.rl.eps_high = 0.2, 0.28  # DAPO's clip-higher
+    c.rl.beta = 0.001  # KL weight (DeepSeek-R1-Zero)
+    c.rl.aggregation = "sequence"  # GRPO; "token" (DAPO) or "dr_grpo"
+    c.rl.scale_by_std = True  # False: Dr. GRPO's advantages
+    c.rl.num_minibatches = 2  # optimizer steps per rollout batch
+    c.rl.format_weight = 0.1
+
+    c.train.steps = 150 if variant == "tiny" else 1000
+    c.train.batch_size = 16 if variant == "tiny" else 64  # prompts per step
+    c.train.log_every = 1
+    c.train.checkpoint_every = 10 if variant == "tiny" else 50
+    c.optimizer.learning_rate = 3e-4 if variant == "tiny" else 1e-6
+    c.optimizer.warmup_steps = 10
+    c.optimizer.total_steps = -1
+    c.optimizer.end_lr_ratio = 1.0  # constant after warmup
+    c.optimizer.weight_decay = 0.0
+    c.eval.every = 10 if variant == "tiny" else 50
+    c.eval.num_examples = 500
+    c.eval.final_num_examples = 1000
+    return c
+
+
+def sweep():
+    """Group size x KL weight x clip range."""
+    return [{"config.rl.group_size": g, "config.rl.beta": beta, "config.rl.eps_high": eps}
+            for g in (4, 8, 16) for beta in (0.0, 0.001, 0.01) for eps in (0.2, 0.28)]

@@ -1,0 +1,247 @@
+"""The GRPO rollout/learner loop, started from a supervised (SFT) checkpoint.
+
+    python -m moe_jax.main --config=experiments/grpo_reasoning.py:tiny --workdir=runs/grpo
+
+runs `run(config, workdir)`: it first makes sure an SFT model exists (training it with
+`config.rl.sft_config` into <workdir>/sft when `config.rl.init_from` is empty; that run
+resumes like any pretraining run), then repeats for `train.steps` steps:
+
+    prompts (train split, shuffled) -> G samples each at rl.temperature -> rewards
+    -> group advantages -> pi_old and pi_ref log-probs -> rl.num_minibatches updates
+
+and evaluates held-out greedy exact match before the first step, every `eval.every`
+steps and at the end. Every step's sampling rng is derived from the step number and the
+prompt iterator's position is saved with each checkpoint, so killing the run and
+rerunning the same command continues exactly where it stopped. The reference policy is
+the SFT model, reloaded from its checkpoint on resume.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from moe_jax.config import load_config
+from moe_jax.data.tasks import get_task
+from moe_jax.data.tokenizer import get_tokenizer
+from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted
+from moe_jax.models.config import ConfigError
+from moe_jax.models.transformer import Transformer
+from moe_jax.rl.grpo import GRPOConfig
+from moe_jax.rl.learner import make_grpo_step
+from moe_jax.rl.policy import make_scorer, scoring_model
+from moe_jax.rl.rewards import task_rewards
+from moe_jax.rl.rollout import sample_groups
+from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.evaluate import exact_match
+from moe_jax.train.loop import NonFiniteLossError, _load_data, train_and_evaluate
+from moe_jax.train.metrics import MetricsWriter, Progress, read_metrics
+from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
+from moe_jax.train.state import create_train_state
+
+def validate_rl_config(config: ml_collections.ConfigDict):
+    """Fail before any compute on a bad `rl` section."""
+    if "rl" not in config:
+        raise ConfigError("rl", None, "an `rl` section (see experiments/grpo_reasoning.py)")
+    r = config.rl
+    for name in ("group_size", "prompt_len", "max_new_tokens", "num_minibatches"):
+        if not isinstance(r[name], int) or r[name] < 1:
+            raise ConfigError(f"rl.{name}", r[name], "a positive integer")
+    if r.group_size < 2:
+        raise ConfigError("rl.group_size", r.group_size, "at least 2 (advantages compare a group)")
+    rows = config.train.batch_size * r.group_size
+    if rows % r.num_minibatches:
+        raise ConfigError("rl.num_minibatches", r.num_minibatches,
+                          f"a divisor of train.batch_size x rl.group_size = {rows}")
+    if not r.temperature > 0:
+        raise ConfigError("rl.temperature", r.temperature, "> 0 (GRPO needs sampled groups)")
+    if r.prompt_len + r.max_new_tokens > config.model.max_seq_len:
+        raise ConfigError("rl.max_new_tokens", r.max_new_tokens,
+                          f"at most model.max_seq_len - rl.prompt_len = "
+                          f"{config.model.max_seq_len - r.prompt_len}")
+    if not r.init_from and not r.sft_config:
+        raise ConfigError("rl.init_from", r.init_from, "an SFT workdir, or rl.sft_config to train one")
+    grpo_config(config)  # aggregation and clip checks
+
+
+def grpo_config(config) -> GRPOConfig:
+    r = config.rl
+    return GRPOConfig(eps_low=r.eps_low, eps_high=r.eps_high, beta=r.beta,
+                      aggregation=r.aggregation, max_length=r.max_new_tokens)
+
+
+def _sft_workdir(config, workdir: str, log) -> str:
+    """The SFT checkpoint directory, trained first when the config asks for it."""
+    if config.rl.init_from:
+        return config.rl.init_from
+    sft_dir = os.path.join(workdir, "sft")
+    summary_path = os.path.join(sft_dir, "summary.json")
+    if not os.path.exists(summary_path):
+        log(f"training the SFT model ({config.rl.sft_config}) into {sft_dir}")
+        train_and_evaluate(load_config(config.rl.sft_config), sft_dir, log=log)
+    return sft_dir
+
+
+def _converted_model_config(init_dir: str, model_config):
+    """A `moe-jax convert` directory brings its own model config (shapes must match the
+    weights); the experiment's dtype and remat settings are kept."""
+    if not os.path.exists(os.path.join(init_dir, MODEL_CONFIG_FILE)):
+        return model_config
+    with open(os.path.join(init_dir, MODEL_CONFIG_FILE)) as f:
+        converted = ml_collections.ConfigDict(json.load(f))
+    for name in ("dtype", "param_dtype", "remat_policy"):
+        converted[name] = model_config[name]
+    return converted
+
+
+def _load_sft(model, sft_dir: str, log):
+    """(params, router_bias) of the newest good checkpoint in an SFT workdir, or of a
+    directory written by `moe-jax convert` (an imported Hugging Face model)."""
+    if os.path.exists(os.path.join(sft_dir, MODEL_CONFIG_FILE)):
+        params, router_bias, _, _ = load_converted(sft_dir)
+        return params, router_bias
+    template = create_train_state(model, make_optimizer(default_optimizer_config()),
+                                  jax.random.PRNGKey(0), 8)
+    restored = Checkpointer(sft_dir, keep=1000, async_save=False, log=log).restore_latest(template)
+    if restored is None:
+        raise FileNotFoundError(f"rl.init_from: no readable checkpoint in {sft_dir}")
+    state = restored[0]
+    return state.params, state.router_bias
+
+
+def _prompt_iterator(source, seed: int):
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+
+
+def _check_finite(step: int, scalars: dict):
+    bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(f"GRPO step {step}: non-finite {bad}; stopping without saving "
+                                 f"this state. The last checkpoint is untouched.")
+
+
+def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, log=print) -> dict:
+    """Run GRPO as configured; returns the summary (also written to summary.json).
+
+    reward_fn(examples, responses) -> {"reward": [N], ...}; default: the task's verifier
+    plus `rl.format_weight` x the format reward (moe_jax.rl.rewards.task_rewards).
+    """
+    validate_rl_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    t, r, m = config.train, config.rl, config.model
+    task = config.data.task
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    reward_fn = reward_fn or functools.partial(task_rewards, task, format_weight=r.format_weight)
+    train_source, test_source = _load_data(config, workdir)
+    task_spec = get_task(task)
+
+    init_dir = _sft_workdir(config, workdir, log)
+    m = _converted_model_config(init_dir, m)
+    policy = Transformer(m)
+    model = scoring_model(m)
+    ref_params, router_bias = _load_sft(policy, init_dir, log)
+    opt_config = config.optimizer.copy_and_resolve_references()
+    if opt_config.total_steps <= 0:
+        opt_config.total_steps = t.steps
+    optimizer = make_optimizer(opt_config)
+    state = create_train_state(policy, optimizer, jax.random.PRNGKey(t.seed), 8)
+    # A copy: the update donates the policy's buffers, and the reference must survive.
+    params = jax.tree.map(jax.numpy.copy, ref_params)
+    state = state.replace(params=params, opt_state=optimizer.init(params),
+                          router_bias=router_bias)
+    prompts = _prompt_iterator(train_source, t.seed)
+    checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint, log=log)
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+        state, data_state, _ = restored
+        prompts.set_state(data_state)
+        log(f"resumed GRPO from step {int(state.step)} in {workdir}")
+    start_step = int(state.step)
+
+    score = make_scorer(model)
+    update = jax.jit(make_grpo_step(model, optimizer, grpo_config(config)), donate_argnums=0)
+    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    rows = t.batch_size * r.group_size
+    progress = Progress(t.steps, start_step, rows * (r.prompt_len + r.max_new_tokens),
+                        enabled=t.progress_bar)
+    base_rng = jax.random.PRNGKey(t.seed + 1)
+
+    def evaluate(num_examples):
+        accuracy, count, _ = exact_match(
+            m, state.params, state.router_bias, test_source, tokenizer, task=task,
+            num_examples=num_examples, batch_size=config.eval.batch_size,
+            max_new_tokens=config.eval.max_new_tokens)
+        writer.write(int(state.step), {"eval/exact_match": accuracy, "eval/examples": count})
+        progress.write(f"step {int(state.step)}: held-out exact match {accuracy:.1%} on {count}")
+        return accuracy, count
+
+    initial = None
+    if start_step == 0:
+        initial = evaluate(config.eval.final_num_examples)[0]
+    start_time, scalars = time.time(), {}
+    try:
+        for step in range(start_step, t.steps):
+            examples = [task_spec.from_record(next(prompts)) for _ in range(t.batch_size)]
+            rollout = sample_groups(
+                m, state.params, state.router_bias, examples, tokenizer, reward_fn=reward_fn,
+                group_size=r.group_size, prompt_len=r.prompt_len, max_new_tokens=r.max_new_tokens,
+                temperature=r.temperature, rng=jax.random.fold_in(base_rng, step),
+                scale_by_std=r.scale_by_std)
+            batch = {k: rollout[k] for k in ("tokens", "positions", "segment_ids",
+                                             "response_mask", "advantages")}
+            batch["old_logprobs"] = score(state.params, state.router_bias, batch)
+            batch["ref_logprobs"] = score(ref_params, state.router_bias, batch)
+            per_update = []
+            for part in np.array_split(np.arange(rows), r.num_minibatches):
+                minibatch = jax.tree.map(lambda x: x[part], batch)
+                state, metrics = update(state, minibatch)
+                per_update.append(metrics)
+            # One optimizer step per minibatch; state.step counts GRPO steps (rollouts).
+            state = state.replace(step=jax.numpy.asarray(step + 1, jax.numpy.int32))
+            host = jax.device_get(per_update)
+            scalars = {k: float(np.mean([u[k] for u in host])) for k in host[0]}
+            scalars.update({k: float(np.mean(rollout[k])) for k in
+                            ("reward", "correct", "format", "response_length", "informative")
+                            if k in rollout})
+            _check_finite(step + 1, scalars)
+            done = step + 1
+            progress.update(done, reward=scalars["reward"])
+            if done % t.log_every == 0 or done == t.steps:
+                writer.write(done, dict(scalars, elapsed_seconds=time.time() - start_time))
+            if done % t.checkpoint_every == 0 or done == t.steps:
+                checkpointer.save(done, state, prompts.get_state(), {"seed": t.seed})
+            if config.eval.every and done % config.eval.every == 0 and done != t.steps:
+                evaluate(config.eval.num_examples)
+    finally:
+        checkpointer.close()
+        progress.close()
+
+    train_seconds = time.time() - start_time
+    accuracy, count = evaluate(config.eval.final_num_examples)
+    summary = {"step": int(state.step), "exact_match": accuracy, "eval_examples": count,
+               "initial_exact_match": initial, "final_reward": scalars.get("reward"),
+               "train_seconds": round(train_seconds, 1), "task": task}
+    if initial is None:  # resumed: the step-0 evaluation is in the metrics file
+        summary["initial_exact_match"] = read_metrics(workdir).get(0, {}).get("eval/exact_match")
+    writer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def run(config, workdir):
+    """Entry point for `python -m moe_jax.main` (config.experiment = "moe_jax.rl.loop")."""
+    summary = train_grpo(config, workdir)
+    if summary.get("initial_exact_match") is not None:
+        print(f"GRPO: held-out exact match {summary['initial_exact_match']:.1%} (SFT) -> "
+              f"{summary['exact_match']:.1%} after {summary['step']} steps")
+    return summary
