@@ -38,6 +38,8 @@ def default_lora_config() -> ml_collections.ConfigDict:
     c.targets = list(DEFAULT_TARGETS)  # group names or regexes, see moe_jax.lora.targets
     c.dtype = "float32"  # adapter (master) dtype; bfloat16 halves adapter and gradient bytes
     c.quantize_base = False  # QLoRA: keep the frozen base in NF4
+    # Which kernels QLoRA quantises: every projection, whether or not it has an adapter.
+    c.quantize_targets = list(DEFAULT_TARGETS)
     c.block_size = 64  # NF4 absmax block
     return c
 

@@ -1,7 +1,8 @@
 """QLoRA: the frozen base kept in NF4, adapters trained in float32 or bfloat16.
 
-Which weights are quantised follows the same target names as the adapters (by default
-every projection of attention, dense MLP, shared and routed experts). The embedding,
+Which weights are quantised is `lora.quantize_targets`, named like the adapter targets
+(by default every projection of attention, dense MLP, shared and routed experts, with
+or without an adapter). The embedding,
 head, norms and router stay as they are: the embedding is read by lookup rather than
 `.astype`, and routing decisions are sensitive to small weight changes (QLoRA, too,
 leaves the output layer unquantised).
@@ -25,4 +26,4 @@ def quantize_base(params, targets=DEFAULT_TARGETS, block_size: int = 64) -> dict
 
 def prepare_base(params, c):
     """The frozen base a LoRA config asks for: quantised when c.quantize_base."""
-    return quantize_base(params, c.targets, c.block_size) if c.quantize_base else params
+    return quantize_base(params, c.quantize_targets, c.block_size) if c.quantize_base else params

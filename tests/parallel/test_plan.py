@@ -78,3 +78,44 @@ def test_deepseek_v3_on_256_devices(capsys):
 def test_mesh_that_does_not_fill_the_devices_names_the_field():
     with pytest.raises(ConfigError, match="mesh.fsdp"):
         memory_plan(small_config(), {"fsdp": -1, "expert": 3}, num_devices=4)
+
+
+def qlora_plan(capsys, *extra):
+    assert main(["plan", "--config", "configs/deepseek_v2_lite.py", "--qlora", "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_qlora_plan_of_deepseek_v2_lite_fits_in_16_gb_and_grows_with_rank(capsys):
+    r16 = qlora_plan(capsys, "--lora-rank", "16")
+    r64 = qlora_plan(capsys, "--lora-rank", "64")
+    assert r16["batch_size"] == 1 and r16["seq_len"] == 2048
+    assert r16["per_device"]["total"] < 16 * 10**9
+    assert r64["per_device"]["total"] < 16 * 10**9
+    # Only the adapter terms depend on the rank, linearly: A [in, r] + B [r, out].
+    assert r64["adapter_params"] == 4 * r16["adapter_params"]
+    grown = r64["per_device"]["total"] - r16["per_device"]["total"]
+    # bfloat16 adapters + bfloat16 grads + two float32 moments = 12 bytes per parameter.
+    assert grown == 12 * (r64["adapter_params"] - r16["adapter_params"])
+    # NF4 base: 15.28B quantised weights at 0.5 B + a float32 absmax per 64 (0.0625 B), plus
+    # 0.43B unquantised (embedding 102400 x 2048, head the same, norms, routers) in bfloat16.
+    q = r16["quantised_params"]
+    assert r16["per_device"]["base"] == pytest.approx(q * 0.5625 + (r16["base_params"] - q) * 2,
+                                                      rel=1e-3)
+    assert 15.6e9 < r16["base_params"] < 15.8e9
+
+
+def test_qlora_plan_text_and_per_expert_adapters(capsys):
+    assert main(["plan", "--config", "configs/deepseek_v2_lite.py", "--qlora"]) == 0
+    out = capsys.readouterr().out
+    assert "Adam moments" in out and "routed experts" in out
+    experts = qlora_plan(capsys, "--lora-targets", "attention,routed_experts")
+    # Per-expert adapters: for each of 26 MoE layers x 64 experts, gate and up
+    # (2048 + 1408) * 16 and down (1408 + 2048) * 16 = 3 * 55,296 = 165,888 parameters.
+    attention_only = qlora_plan(capsys, "--lora-targets", "attention")
+    assert experts["adapter_params"] - attention_only["adapter_params"] == 26 * 64 * 165_888
+
+
+def test_qlora_plan_needs_full_remat(capsys):
+    with pytest.raises(ConfigError, match="model.remat_policy"):
+        main(["plan", "--config", "configs/deepseek_v2_lite.py", "--qlora",
+              "--override", "model.remat_policy=none"])
