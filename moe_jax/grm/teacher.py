@@ -1,0 +1,126 @@
+"""A rule-based teacher that writes cold-start GRM targets for the arithmetic task.
+
+It grades a worked solution the way a careful human would, one running-total step at a
+time (the solution format is in moe_jax/data/tasks/arithmetic.py):
+
+    query 12+34-5=     terms +12, +34, -5; width W = 2 + len("2") = 3
+    +210+430=+640-500=+140>41
+    step 1: term +430 matches +34, total +640 = +210 + +430       ok
+    step 2: term -500 matches -5,  total +140 = +640 - 500        ok
+    answer 41 = the last total                                     ok
+
+and reports the first thing that is wrong, in the chain's own notation so that the
+critique can be checked against the response character by character:
+
+    "R2 step 2 total +150 wrong, expected +140."   a wrong carry in a running total
+    "R2 has 1 steps, expected 2."                   a skipped (or added) step
+    "R2 answer 51 wrong, expected 41."              a final answer that is not the total
+    "R2 step 1 term +530 wrong, expected +430."     a term copied wrong from the query
+    "R2 unreadable."                                not a chain at all
+
+Each finding maps to a score; the local checks are complete (right terms, every total
+adds up, answer = last total implies the answer is right), so "ok" means correct.
+The principles are derived from the query: how many terms and digits to expect.
+Only + and - problems (the default arithmetic difficulty, mul_prob = 0) are handled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+from moe_jax.grm.format import trajectory
+
+SCORE_RIGHT = 9
+SCORE_WRONG_ANSWER = 3
+SCORE_WRONG_STEP = 2
+SCORE_UNREADABLE = 1
+
+_QUERY = re.compile(r"(\d+)((?:[+-]\d+)*)=")
+_QUERY_TERM = re.compile(r"([+-])(\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """The teacher's verdict on one response: its critique sentence and score."""
+
+    critique: str
+    score: int
+
+    @property
+    def ok(self) -> bool:
+        return self.score == SCORE_RIGHT
+
+
+def query_terms(query: str) -> list[int]:
+    """"12+34-5=" -> [12, 34, -5]; a clear error for anything else."""
+    match = _QUERY.fullmatch(query)
+    if match is None:
+        raise ValueError(f"query: expected a +/- arithmetic prompt such as '12+34-5=', got {query!r}")
+    terms = [int(match.group(1))]
+    terms += [int(sign + digits) for sign, digits in _QUERY_TERM.findall(match.group(2))]
+    return terms
+
+
+def chain_width(terms: Sequence[int]) -> int:
+    """W of the worked-solution format: widest term's digits + digits of (terms - 1)."""
+    return max(len(str(abs(t))) for t in terms) + len(str(len(terms) - 1))
+
+
+def write_number(value: int, width: int) -> str:
+    """Sign + digits least significant first, zero-padded to `width` (longer if needed)."""
+    return ("-" if value < 0 else "+") + str(abs(value)).zfill(width)[::-1]
+
+
+def read_number(text: str) -> int:
+    """Inverse of write_number: "-0984" -> -4890."""
+    return int(text[0] + text[1:][::-1])
+
+
+def principles(query: str) -> str:
+    terms = query_terms(query)
+    return f"{len(terms)} terms, width {chain_width(terms)}."
+
+
+def grade(query: str, response: str, label: str) -> Finding:
+    """The first error in `response` (a worked solution of `query`), or "ok".
+
+    label: how the critique names the response ("R1", "R2", ...).
+    """
+    terms = query_terms(query)
+    width = chain_width(terms)
+    number = rf"[+-]\d{{{width}}}"
+    chain, sep, answer = response.rpartition(">")
+    match = re.fullmatch(rf"({number})((?:{number}={number})*)", chain) if sep else None
+    if match is None:
+        return Finding(f"{label} unreadable.", SCORE_UNREADABLE)
+    first = read_number(match.group(1))
+    steps = re.findall(rf"({number})=({number})", match.group(2))
+    if first != terms[0]:
+        return Finding(f"{label} first term {match.group(1)} wrong, expected "
+                       f"{write_number(terms[0], width)}.", SCORE_WRONG_STEP)
+    if len(steps) != len(terms) - 1:
+        return Finding(f"{label} has {len(steps)} steps, expected {len(terms) - 1}.",
+                       SCORE_WRONG_STEP)
+    total = first
+    for s, ((term_text, total_text), term) in enumerate(zip(steps, terms[1:]), start=1):
+        if read_number(term_text) != term:
+            return Finding(f"{label} step {s} term {term_text} wrong, expected "
+                           f"{write_number(term, width)}.", SCORE_WRONG_STEP)
+        expected = total + term
+        if read_number(total_text) != expected:
+            return Finding(f"{label} step {s} total {total_text} wrong, expected "
+                           f"{write_number(expected, width)}.", SCORE_WRONG_STEP)
+        total = read_number(total_text)
+    if not re.fullmatch(r"-?\d+", answer) or int(answer) != total:
+        return Finding(f"{label} answer {answer[:8]} wrong, expected {total}.", SCORE_WRONG_ANSWER)
+    return Finding(f"{label} ok.", SCORE_RIGHT)
+
+
+def teacher_trajectory(query: str, responses: Sequence[str]) -> tuple[str, list[Finding]]:
+    """The cold-start target for a GRM input: principles, one critique per response, scores."""
+    findings = [grade(query, r, f"R{i + 1}") for i, r in enumerate(responses)]
+    text = trajectory(principles(query), " ".join(f.critique for f in findings),
+                      [f.score for f in findings])
+    return text, findings
