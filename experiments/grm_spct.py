@@ -1,0 +1,141 @@
+"""A pointwise generative reward model trained with Self-Principled Critique Tuning
+(DeepSeek-GRM), and its inference-time scaling, on arithmetic preference sets.
+
+The GRM reads a problem and two worked solutions (one right, one with a wrong carry,
+a skipped step or a wrong final answer; the verifier is the ground truth) and writes
+principles, a critique of each solution and `Final Scores: [[a, b]]` (moe_jax/grm).
+
+    1. cold start   SFT on a rule-based teacher that checks every running total
+    2. RFT          sample grm.rft_samples trajectories per training set, keep those whose
+                    scores rank the right solution strictly first, fine-tune on them
+    3. meta RM      the RFT model fine-tuned to answer Y/N: is this trajectory's verdict right?
+    4. RL           GRPO from the RFT model with the rule-based reward (+1 right verdict,
+                    -1 wrong or malformed)
+    5. evaluate     held-out best-response accuracy: verifier, random pick, greedy,
+                    Voting@k and MetaRM@k (k = 1..16, temperature 0.5), after RFT and
+                    after RFT + RL; best-of-n over a small policy's own samples
+
+    python -m moe_jax.main --config=experiments/grm_spct.py:tiny --workdir=runs/grm
+
+Rerunning the command continues after the last finished phase (<workdir>/models/*).
+The trained GRM is a reward for policy GRPO:
+    python -m moe_jax.main --config=experiments/grpo_reasoning.py:tiny --workdir=runs/grpo_grm \\
+        --config.rl.reward=grm --config.rl.grm_from=runs/grm
+
+Variants:
+  tiny   2 CPU cores, about 20 minutes: a 3-layer d_model 96 MoE trained from scratch on
+         2-operand problems of up to 2 digits
+  hf     one accelerator, starting from an imported Hugging Face DeepSeek checkpoint:
+         moe-jax convert --from-hf HF_DIR --to CKPT, then
+         --config.grm.init_from=CKPT --config.data.tokenizer=HF_DIR/tokenizer.json
+         (the model section is taken from CKPT; the GRM texts are plain ASCII)
+"""
+
+import os
+
+import ml_collections
+
+from moe_jax.config import load_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VARIANTS = ("tiny", "hf")
+
+
+def _tiny_model(m):
+    m.d_model, m.num_layers, m.num_dense_layers, m.num_heads = 96, 3, 1, 4
+    m.dense_ffn = 288
+    m.q_lora_rank, m.kv_lora_rank = 0, 48
+    m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim = 24, 16, 24
+    m.num_experts, m.top_k, m.expert_ffn = 4, 2, 96
+    return m
+
+
+def get_config(arg=None):
+    variant = arg or "tiny"
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    tiny = variant == "tiny"
+    c = load_config(f"{os.path.join(HERE, 'pretrain_arith.py')}:{'tiny' if tiny else 'small'}")
+    c.experiment = "moe_jax.grm.pipeline"
+    if tiny:
+        _tiny_model(c.model)
+        c.data.difficulty = ml_collections.ConfigDict(
+            {"min_operands": 2, "max_operands": 2, "max_digits": 2})
+    c.data.seq_len = 216 if tiny else 512  # the longest GRM record (input + trajectory)
+    c.train.batch_size = 16 if tiny else 64
+    c.optimizer.learning_rate = 3e-3 if tiny else 1e-5
+    c.optimizer.warmup_steps = 20 if tiny else 50
+    c.optimizer.total_steps = -1  # each phase follows its own step count
+    c.eval.every = 0
+
+    g = c.grm = ml_collections.ConfigDict()
+    g.init_from = ""  # a `moe-jax convert` directory (hf); "" trains from scratch
+    g.num_responses = 2  # responses per GRM input: Final Scores: [[a, b]]
+    g.train_sets = 3000 if tiny else 20_000
+    g.no_best_fraction = 0.2  # cold-start sets with all right / all wrong responses
+    g.test_sets = 100 if tiny else 500  # held-out sets (problems of the test split)
+    g.prompt_len = 56 if tiny else 256
+    g.max_new_tokens = 152 if tiny else 256
+    g.seq_len = c.data.seq_len
+    g.generate_batch_size = 200 if tiny else 512
+    g.parser = "tolerant"
+
+    g.cold_start_steps = 200 if tiny else 2000
+    g.rft_sets = 200 if tiny else 4000
+    g.rft_samples = 4 if tiny else 8
+    g.rft_temperature = 1.0
+    g.rft_drop_too_easy = True  # SPCT drops inputs whose samples are all accepted
+    g.rft_steps = 60 if tiny else 1000
+
+    g.meta_steps = 40 if tiny else 500
+
+    g.rl_steps = 15 if tiny else 300
+    g.rl_batch_size = 8 if tiny else 64  # preference sets per GRPO step
+    g.rl_group_size = 4 if tiny else 8
+    g.rl_temperature = 1.0
+    g.rl_learning_rate = 3e-4 if tiny else 1e-6
+    g.rl_eps = 0.2
+    g.rl_beta = 0.001
+
+    g.eval_ks = (1, 2, 4, 8, 16)
+    g.eval_temperature = 0.5  # the paper's sampling temperature for Voting@k
+
+    g.policy_steps = 80 if tiny else 0  # 0: no best-of-n (hf: use a GRPO policy instead)
+    g.policy_train_problems = 5000
+    g.policy_seq_len = 128
+    g.policy_prompt_len = 16
+    g.policy_max_new_tokens = 24
+    g.policy_temperature = 1.0
+    g.best_of_n = 4
+    g.best_of_n_problems = 100 if tiny else 500
+    g.best_of_n_grm_samples = 2
+    g.figure = True
+    return c
+
+
+def smoke_config():
+    """Every phase, tiny sizes: what tests/grm runs (about a minute on 2 cores)."""
+    c = get_config("tiny")
+    c.model.d_model, c.model.num_layers, c.model.num_experts = 32, 2, 2
+    c.model.dense_ffn = c.model.expert_ffn = 32
+    c.model.kv_lora_rank, c.model.qk_nope_head_dim, c.model.v_head_dim = 16, 8, 8
+    c.model.qk_rope_head_dim = 8
+    c.train.batch_size = 4
+    g = c.grm
+    g.train_sets, g.test_sets, g.rft_sets, g.rft_samples = 40, 6, 6, 2
+    g.cold_start_steps = g.rft_steps = g.meta_steps = 2
+    g.rl_steps, g.rl_batch_size, g.rl_group_size = 1, 2, 2
+    g.max_new_tokens = 48
+    g.generate_batch_size = 32
+    g.eval_ks = (1, 2)
+    g.policy_steps, g.policy_train_problems, g.best_of_n, g.best_of_n_problems = 1, 20, 2, 3
+    g.best_of_n_grm_samples = 1
+    g.policy_max_new_tokens = 8
+    return c
+
+
+def sweep():
+    """RFT samples per input x RL steps x evaluation temperature."""
+    return [{"config.grm.rft_samples": k, "config.grm.rl_steps": steps,
+             "config.grm.eval_temperature": temperature}
+            for k in (2, 4, 8) for steps in (0, 20, 60) for temperature in (0.5, 1.0)]

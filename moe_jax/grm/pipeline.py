@@ -1,0 +1,287 @@
+"""The whole SPCT experiment, phase by phase (experiments/grm_spct.py configures it).
+
+    data       preference sets from the arithmetic task's train and test splits
+    cold start SFT on the rule-based teacher's principles / critique / scores
+    RFT        k samples per training set, keep the accepted ones, fine-tune on them
+    meta RM    the RFT model fine-tuned to say Y/N: is this trajectory's verdict right?
+    RL         GRPO on the rule-based reward (+1 / -1), from the RFT model
+    evaluate   held-out best-response accuracy: greedy, Voting@k, MetaRM@k, after RFT
+               and after RFT + RL; best-of-n over a policy's own samples
+
+Every phase saves its model under <workdir>/models/<phase> (the `moe-jax convert`
+layout, so `rl.grm_from` and `load_converted` read it) and is skipped when that
+directory exists: rerunning the command continues after the last finished phase.
+`run(config, workdir)` is the entry point of `python -m moe_jax.main`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from moe_jax.data.tasks import generate_split, get_task
+from moe_jax.data.tokenizer import get_tokenizer
+from moe_jax.grm.bestofn import best_of_n
+from moe_jax.grm.evaluate import evaluate_grm
+from moe_jax.grm.finetune import finetune, init_params
+from moe_jax.grm.format import META_SUFFIX
+from moe_jax.grm.preferences import cold_start_records, preference_set
+from moe_jax.grm.reward import GRM_SPEC_FILE
+from moe_jax.grm.spct import grpo_phase, rejective_sampling, with_unique_best
+from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted, save_converted
+from moe_jax.models.config import ConfigError
+from moe_jax.rl.grpo import GRPOConfig
+
+RESULTS_FILE = "results.json"
+
+
+def validate_grm_config(config):
+    """Fail before any compute on a bad `grm` section."""
+    if "grm" not in config:
+        raise ConfigError("grm", None, "a `grm` section (see experiments/grm_spct.py)")
+    g = config.grm
+    for name in ("num_responses", "train_sets", "test_sets", "prompt_len", "max_new_tokens",
+                 "cold_start_steps", "rft_sets", "rft_samples", "rft_steps", "meta_steps",
+                 "rl_steps", "rl_batch_size", "rl_group_size", "generate_batch_size",
+                 "policy_steps", "best_of_n", "best_of_n_problems"):
+        if not isinstance(g[name], int) or g[name] < (0 if name.endswith("steps") else 1):
+            raise ConfigError(f"grm.{name}", g[name], "a positive integer (steps may be 0)")
+    if g.rl_group_size < 2:
+        raise ConfigError("grm.rl_group_size", g.rl_group_size, "at least 2 (GRPO compares a group)")
+    if g.prompt_len + g.max_new_tokens > config.model.max_seq_len:
+        raise ConfigError("grm.max_new_tokens", g.max_new_tokens,
+                          f"at most model.max_seq_len - grm.prompt_len = "
+                          f"{config.model.max_seq_len - g.prompt_len}")
+    ks = list(g.eval_ks)
+    if any(max(ks) % k for k in ks):
+        raise ConfigError("grm.eval_ks", ks, "values that each divide the largest (e.g. 1,2,4,8,16)")
+    if config.data.task != "arithmetic":
+        raise ConfigError("data.task", config.data.task, "'arithmetic' (the teacher grades its chains)")
+
+
+def _save(directory, params, router_bias, model_config, spec):
+    save_converted(directory, params, router_bias, model_config, overwrite=True)
+    with open(os.path.join(directory, GRM_SPEC_FILE), "w") as f:
+        json.dump(spec, f, indent=2)
+
+
+def _load(directory):
+    params, router_bias, _, _ = load_converted(directory)
+    return params, router_bias
+
+
+def _phase(workdir, name, log, build):
+    """Load phase `name`'s saved model, or build() -> (params, router_bias, info) it."""
+    directory = os.path.join(workdir, "models", name)
+    info_path = os.path.join(directory, "info.json")
+    if os.path.exists(os.path.join(directory, MODEL_CONFIG_FILE)):
+        log(f"[{name}] loaded from {directory}")
+        info = json.load(open(info_path)) if os.path.exists(info_path) else {}
+        return (*_load(directory), info)
+    start = time.time()
+    log(f"[{name}] ...")
+    params, router_bias, info, spec, model_config = build()
+    info = dict(info, seconds=round(time.time() - start, 1))
+    _save(directory, params, router_bias, model_config, spec)
+    with open(info_path, "w") as f:
+        json.dump(info, f, indent=2)
+    log(f"[{name}] done in {info['seconds']:.0f}s: "
+        + ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds"))
+    return params, router_bias, info
+
+
+def _starting_point(config):
+    """(model_config, params, router_bias): an imported checkpoint (grm.init_from) or a
+    fresh init of config.model."""
+    g = config.grm
+    if g.init_from:
+        params, router_bias, model_config, _ = load_converted(g.init_from)
+        for name in ("dtype", "param_dtype", "remat_policy"):
+            if name in config.model:
+                model_config[name] = config.model[name]
+        return model_config, params, router_bias
+    params, router_bias = init_params(config.model, config.train.seed, g.seq_len)
+    return config.model, params, router_bias
+
+
+def _sft(model_config, params, router_bias, records, tokenizer, config, steps, seed, log,
+         seq_len=None):
+    g = config.grm
+    params, router_bias, losses = finetune(
+        model_config, params, router_bias, records, tokenizer, steps=steps,
+        batch_size=config.train.batch_size, seq_len=seq_len or g.seq_len,
+        optimizer_config=config.optimizer, seed=seed, log=log)
+    return params, router_bias, {"records": len(records), "steps": steps,
+                                 "final_loss": round(float(np.mean(losses[-10:])), 4)}
+
+
+def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
+    validate_grm_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    g, t = config.grm, config.train
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    difficulty = dict(config.data.difficulty)
+    start_time = time.time()
+
+    train_sets = preference_set("train", g.train_sets, num_responses=g.num_responses,
+                                seed=config.data.seed, no_best_fraction=g.no_best_fraction,
+                                difficulty=difficulty)
+    test_sets = preference_set("test", g.test_sets, num_responses=g.num_responses,
+                               seed=config.data.seed, difficulty=difficulty)
+    rft_sets = with_unique_best(train_sets)[:g.rft_sets]
+    model_config, params0, bias0 = _starting_point(config)
+    spec = {"max_new_tokens": g.max_new_tokens, "prompt_len": g.prompt_len,
+            "num_responses": g.num_responses}
+    gen = dict(prompt_len=g.prompt_len, max_new_tokens=g.max_new_tokens,
+               batch_size=g.generate_batch_size)
+    meta_prompt_len = g.prompt_len + g.max_new_tokens + len(META_SUFFIX) + 1
+    base_rng = jax.random.PRNGKey(t.seed + 17)
+
+    def cold_start():
+        p, b, info = _sft(model_config, params0, bias0, cold_start_records(train_sets), tokenizer,
+                          config, g.cold_start_steps, t.seed, log)
+        return p, b, info, spec, model_config
+
+    cold_params, cold_bias, _ = _phase(workdir, "cold_start", log, cold_start)
+
+    meta_records = []
+
+    def rft():
+        rft_records, meta, stats = rejective_sampling(
+            model_config, cold_params, cold_bias, rft_sets, tokenizer, k=g.rft_samples,
+            temperature=g.rft_temperature, rng=jax.random.fold_in(base_rng, 1),
+            drop_too_easy=g.rft_drop_too_easy, **gen)
+        meta_records.extend(meta)
+        with open(os.path.join(workdir, "meta_records.json"), "w") as f:
+            json.dump(meta, f)
+        log(f"  rejective sampling: {stats}")
+        # Fine-tune on the model's own accepted critiques; only when nothing was accepted
+        # (a tiny smoke run) fall back to the teacher's targets.
+        records = rft_records or cold_start_records(rft_sets)
+        p, b, info = _sft(model_config, cold_params, cold_bias, records, tokenizer, config,
+                          g.rft_steps, t.seed + 1, log)
+        return p, b, dict(info, **stats), spec, model_config
+
+    rft_params, rft_bias, rft_info = _phase(workdir, "rft", log, rft)
+
+    def meta_rm():
+        records = meta_records or json.load(open(os.path.join(workdir, "meta_records.json")))
+        p, b, info = _sft(model_config, rft_params, rft_bias, records, tokenizer, config,
+                          g.meta_steps, t.seed + 2, log, seq_len=meta_prompt_len + 2)
+        return p, b, info, spec, model_config
+
+    meta_params, meta_bias, _ = _phase(workdir, "meta_rm", log, meta_rm)
+
+    def rl():
+        grpo = GRPOConfig(eps_low=g.rl_eps, eps_high=g.rl_eps, beta=g.rl_beta,
+                          aggregation="sequence")
+        opt = config.optimizer.copy_and_resolve_references()
+        opt.learning_rate, opt.warmup_steps, opt.end_lr_ratio = g.rl_learning_rate, 0, 1.0
+        p, rewards = grpo_phase(model_config, rft_params, rft_bias, train_sets, tokenizer,
+                                steps=g.rl_steps, batch_size=g.rl_batch_size,
+                                group_size=g.rl_group_size, temperature=g.rl_temperature,
+                                prompt_len=g.prompt_len, max_new_tokens=g.max_new_tokens,
+                                optimizer_config=opt, grpo=grpo, seed=t.seed + 3, log=log)
+        info = {"steps": g.rl_steps, "first_reward": float(rewards[:5].mean()),
+                "last_reward": float(rewards[-5:].mean())} if len(rewards) else {"steps": 0}
+        return p, rft_bias, info, spec, model_config
+
+    rl_params, rl_bias, rl_info = _phase(workdir, "rl", log, rl)
+
+    results = _read_results(workdir)
+    eval_args = dict(ks=tuple(g.eval_ks), temperature=g.eval_temperature,
+                     meta_prompt_len=meta_prompt_len, rng=jax.random.fold_in(base_rng, 2), **gen)
+    for stage, (p, b) in (("rft", (rft_params, rft_bias)), ("rft_rl", (rl_params, rl_bias))):
+        if stage not in results:
+            log(f"[evaluate {stage}] {g.test_sets} held-out sets, k up to {max(g.eval_ks)}")
+            results[stage] = evaluate_grm(model_config, p, b, meta_params, meta_bias, test_sets,
+                                          tokenizer, **eval_args)
+            _write_results(workdir, results)
+        log(f"  {stage}: " + ", ".join(f"{k}={v:.3f}" for k, v in results[stage].items()))
+
+    if g.policy_steps and "best_of_n" not in results:
+        results["best_of_n"] = _best_of_n(config, workdir, tokenizer, model_config, rl_params,
+                                          rl_bias, difficulty, log)
+        _write_results(workdir, results)
+
+    headline = results["rft_rl"].get("metarm@8", results["rft_rl"].get(f"metarm@{max(g.eval_ks)}"))
+    summary = {"step": g.cold_start_steps + g.rft_steps + g.rl_steps, "exact_match": headline,
+               "eval_examples": results["rft_rl"]["examples"],
+               "task": "arithmetic preference-set (MetaRM@8 best-response accuracy)",
+               "train_seconds": round(time.time() - start_time, 1),
+               "rft": rft_info, "rl": rl_info, "results": results}
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    if g.figure:
+        from moe_jax.grm.figure import plot_scaling
+        plot_scaling(results, os.path.join(workdir, "grm_scaling.png"))
+    return summary
+
+
+def _best_of_n(config, workdir, tokenizer, model_config, grm_params, grm_bias, difficulty, log):
+    """Train a small policy (arithmetic SFT, stopped early so it is often wrong) and
+    select among its n samples per held-out problem with the final GRM."""
+    g, t = config.grm, config.train
+    task = get_task("arithmetic")
+
+    def policy():
+        problems = generate_split(task, "train", g.policy_train_problems, seed=config.data.seed,
+                                  **difficulty)
+        records = [{"prompt": e.prompt, "solution": e.solution, "answer": e.answer} for e in problems]
+        p0, b0 = init_params(model_config, t.seed + 5, g.policy_seq_len)
+        p, b, info = _sft(model_config, p0, b0, records, tokenizer, config, g.policy_steps,
+                          t.seed + 5, log, seq_len=g.policy_seq_len)
+        return p, b, info, {}, model_config
+
+    policy_params, policy_bias, _ = _phase(workdir, "policy", log, policy)
+    problems = generate_split(task, "test", g.best_of_n_problems, seed=config.data.seed + 1,
+                              **difficulty)
+    log(f"[best-of-{g.best_of_n}] {len(problems)} held-out problems")
+    out = best_of_n(model_config, policy_params, policy_bias, model_config, grm_params, grm_bias,
+                    problems, tokenizer, n=g.best_of_n, policy_temperature=g.policy_temperature,
+                    policy_prompt_len=g.policy_prompt_len, policy_max_new_tokens=g.policy_max_new_tokens,
+                    grm_k=g.best_of_n_grm_samples, grm_temperature=g.eval_temperature,
+                    grm_prompt_len=g.prompt_len, grm_max_new_tokens=g.max_new_tokens,
+                    rng=jax.random.PRNGKey(t.seed + 23), batch_size=g.generate_batch_size,
+                    seed=t.seed)
+    log(f"  best-of-{g.best_of_n}: {out}")
+    return out
+
+
+def _read_results(workdir):
+    path = os.path.join(workdir, RESULTS_FILE)
+    return json.load(open(path)) if os.path.exists(path) else {}
+
+
+def _write_results(workdir, results):
+    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+def run(config, workdir):
+    """Entry point for `python -m moe_jax.main` (config.experiment = "moe_jax.grm.pipeline")."""
+    summary = train_and_evaluate_grm(config, workdir)
+    print(format_table(summary["results"], config.grm.eval_ks))
+    return summary
+
+
+def format_table(results: dict, ks) -> str:
+    """The results as the markdown table recorded in experiments/RESULTS.md."""
+    stages = [s for s in ("rft", "rft_rl") if s in results]
+    names = {"rft": "after RFT", "rft_rl": "after RFT + RL"}
+    lines = ["| method | " + " | ".join(names[s] for s in stages) + " |",
+             "| --- |" + " --- |" * len(stages)]
+    rows = ["verifier", "random", "greedy"] + [f"voting@{k}" for k in ks] + [f"metarm@{k}" for k in ks]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(f"{results[s][row]:.1%}" for s in stages) + " |")
+    if "best_of_n" in results:
+        b = results["best_of_n"]
+        lines.append("")
+        lines.append(f"best-of-{b['n']} on {b['problems']} held-out problems: GRM pick "
+                     f"{b['grm']:.1%}, random pick {b['random']:.1%}, oracle (pass@{b['n']}) "
+                     f"{b['oracle']:.1%}")
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Self-Principled Critique Tuning: the data of rejective fine-tuning and the meta RM,
+and rule-based online RL with GRPO.
+
+Phase 1 (after a cold start on the teacher's targets):
+  rejective sampling  k trajectories per training input at a temperature; keep those
+                      whose scores rank the labelled best response strictly first
+                      (voting.rft_select), then fine-tune on the kept ones.
+  meta RM data        every sampled trajectory, labelled Y when its verdict is right.
+Phase 2:
+  GRPO where the GRM is the policy, a preference set is the prompt, and a trajectory
+  earns voting.rule_reward: +1 if its scores single out the best response, else -1.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from moe_jax.grm.format import META_NO, META_YES, meta_prompt
+from moe_jax.grm.sampling import sample_trajectories
+from moe_jax.grm.scores import get_parser, parse_tolerant
+from moe_jax.grm.voting import rft_select, rule_reward, verdict_correct
+from moe_jax.rl.grpo import GRPOConfig
+from moe_jax.rl.learner import make_grpo_step
+from moe_jax.rl.policy import make_scorer, scoring_model
+from moe_jax.rl.rollout import sample_groups
+from moe_jax.train.optimizer import make_optimizer
+from moe_jax.train.state import TrainState
+
+
+def with_unique_best(sets):
+    """The sets whose labels single out one best response (RFT, RL and evaluation)."""
+    return [s for s in sets if s.best is not None]
+
+
+def rejective_sampling(model_config, params, router_bias, sets, tokenizer, *, k: int,
+                       temperature: float, prompt_len: int, max_new_tokens: int, rng,
+                       batch_size: int, parser: str = "strict", drop_too_easy: bool = True):
+    """-> (rft_records, meta_records, stats) from k sampled trajectories per set.
+
+    RFT keeps only trajectories the `parser` reads (strict by default: the targets
+    should teach the exact format); the meta RM learns from all of them, with the
+    tolerant parser deciding whether the verdict is right, as inference will.
+    """
+    sets = with_unique_best(sets)
+    parse = get_parser(parser)
+    samples = sample_trajectories(model_config, params, router_bias, [s.prompt for s in sets],
+                                  tokenizer, k=k, prompt_len=prompt_len,
+                                  max_new_tokens=max_new_tokens, temperature=temperature,
+                                  rng=rng, batch_size=batch_size)
+    rft, meta, accepted_total, too_easy = [], [], 0, 0
+    for s, texts in zip(sets, samples):
+        parsed = [parse(t, s.num_responses) for t in texts]
+        accepted = [i for i, p in enumerate(parsed) if verdict_correct(p, s.best)]
+        accepted_total += len(accepted)
+        kept = rft_select(parsed, s.best, drop_too_easy=drop_too_easy)
+        too_easy += len(accepted) == len(texts)
+        rft += [{"prompt": s.prompt, "solution": texts[i], "answer": ""} for i in kept]
+        for t in texts:
+            right = verdict_correct(parse_tolerant(t, s.num_responses), s.best)
+            meta.append({"prompt": meta_prompt(s.prompt, t),
+                         "solution": META_YES if right else META_NO, "answer": ""})
+    stats = {"inputs": len(sets), "trajectories": len(sets) * k,
+             "accept_rate": accepted_total / max(len(sets) * k, 1),
+             "too_easy_inputs": too_easy, "rft_records": len(rft),
+             "meta_yes_fraction": float(np.mean([m["solution"] == META_YES for m in meta]))
+             if meta else 0.0}
+    return rft, meta, stats
+
+
+def rule_rewards(examples, responses, *, parser: str = "tolerant"):
+    """reward_fn for moe_jax.rl.rollout.sample_groups: examples are PreferenceExamples,
+    responses GRM trajectories. -> {"reward" (+-1), "well_formed"} float32 [N]."""
+    parse = get_parser(parser)
+    parsed = [parse(r, e.num_responses) for e, r in zip(examples, responses)]
+    return {"reward": np.array([rule_reward(p, e.best) for p, e in zip(parsed, examples)],
+                               np.float32),
+            "well_formed": np.array([p.ok for p in parsed], np.float32)}
+
+
+def grpo_phase(model_config, params, router_bias, sets, tokenizer, *, steps: int,
+               batch_size: int, group_size: int, temperature: float, prompt_len: int,
+               max_new_tokens: int, optimizer_config, grpo: GRPOConfig, seed: int = 0,
+               num_minibatches: int = 1, log=None):
+    """Rule-based online RL of the GRM: -> (params, per-step mean reward float [steps]).
+
+    Each step takes `batch_size` sets in a shuffled order, samples `group_size`
+    trajectories per set, and takes `num_minibatches` GRPO updates; the reference policy
+    of the KL term is the starting (RFT) model.
+    """
+    sets = with_unique_best(sets)
+    if not sets:
+        raise ValueError("sets: expected preference sets with a unique best response, got none")
+    opt_config = optimizer_config.copy_and_resolve_references()
+    if opt_config.total_steps <= 0:
+        opt_config.total_steps = steps
+    optimizer = make_optimizer(opt_config)
+    model = scoring_model(model_config)
+    ref_params = params
+    # Copies: the update donates its state; the reference and the caller's bias survive.
+    params = jax.tree.map(jax.numpy.array, params)
+    router_bias = jax.tree.map(jax.numpy.array, router_bias)
+    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                       opt_state=optimizer.init(params), router_bias=router_bias)
+    score = make_scorer(model)
+    update = jax.jit(make_grpo_step(model, optimizer, grpo), donate_argnums=0)
+    order = np.random.default_rng(seed).permutation(len(sets))
+    base_rng = jax.random.PRNGKey(seed + 1)
+    rewards = []
+    for step in range(steps):
+        picks = [sets[order[(step * batch_size + i) % len(sets)]] for i in range(batch_size)]
+        rollout = sample_groups(model_config, state.params, state.router_bias, picks, tokenizer,
+                                reward_fn=rule_rewards, group_size=group_size,
+                                prompt_len=prompt_len, max_new_tokens=max_new_tokens,
+                                temperature=temperature, rng=jax.random.fold_in(base_rng, step))
+        batch = {k: rollout[k] for k in ("tokens", "positions", "segment_ids", "response_mask",
+                                         "advantages")}
+        batch["old_logprobs"] = score(state.params, state.router_bias, batch)
+        if grpo.beta:
+            batch["ref_logprobs"] = score(ref_params, state.router_bias, batch)
+        rows = len(batch["advantages"])
+        for part in np.array_split(np.arange(rows), num_minibatches):
+            state, _ = update(state, jax.tree.map(lambda x: x[part], batch))
+        rewards.append(float(np.mean(rollout["reward"])))
+        if log and ((step + 1) % max(steps // 5, 1) == 0 or step + 1 == steps):
+            log(f"  GRPO step {step + 1}/{steps}: reward {np.mean(rewards[-5:]):+.3f}, "
+                f"well formed {np.mean(rollout['well_formed']):.2f}")
+    return state.params, np.asarray(rewards, np.float32)
