@@ -1,0 +1,87 @@
+"""The rule-based teacher on hand-made solutions of 12+34-5= (W = 2 + len("2") = 3:
+12 -> +210, 12+34 = 46 -> +640, 46-5 = 41 -> +140)."""
+
+import numpy as np
+import pytest
+
+from moe_jax.data.tasks import get_task
+from moe_jax.data.tasks.arithmetic import worked_solution
+from moe_jax.grm.preferences import CORRUPTIONS, cold_start_records, corrupt, preference_set
+from moe_jax.grm.scores import parse_strict
+from moe_jax.grm.teacher import (SCORE_RIGHT, SCORE_UNREADABLE, SCORE_WRONG_ANSWER,
+                                 SCORE_WRONG_STEP, grade, principles, query_terms,
+                                 read_number, teacher_trajectory, write_number)
+from moe_jax.grm.voting import predicted_best
+
+QUERY = "12+34-5="
+RIGHT = "+210+430=+640-500=+140>41"
+
+
+def test_reference_solution_is_the_task_own():
+    assert worked_solution([12, 34, 5], ["+", "-"]) == (RIGHT, 41)
+    assert query_terms(QUERY) == [12, 34, -5]
+    assert write_number(-4890, 4) == "-0984" and read_number("-0984") == -4890
+    assert principles(QUERY) == "3 terms, width 3."
+
+
+@pytest.mark.parametrize("response, critique, score", [
+    (RIGHT, "R1 ok.", SCORE_RIGHT),
+    # A dropped carry: 12+34 written as 56; the next total follows from it (56-5 = 51).
+    ("+210+430=+650-500=+150>51", "R1 step 1 total +650 wrong, expected +640.", SCORE_WRONG_STEP),
+    # Later totals are checked against the written previous total, not the true one.
+    ("+210+430=+640-500=+150>51", "R1 step 2 total +150 wrong, expected +140.", SCORE_WRONG_STEP),
+    ("+210+430=+640-500=+140>42", "R1 answer 42 wrong, expected 41.", SCORE_WRONG_ANSWER),
+    ("+210+430=+640>46", "R1 has 1 steps, expected 2.", SCORE_WRONG_STEP),
+    ("+210+530=+740-500=+240>42", "R1 step 1 term +530 wrong, expected +430.", SCORE_WRONG_STEP),
+    ("+310+430=+740-500=+240>42", "R1 first term +310 wrong, expected +210.", SCORE_WRONG_STEP),
+    ("hello", "R1 unreadable.", SCORE_UNREADABLE),
+    ("+21+43=+64>46", "R1 unreadable.", SCORE_UNREADABLE),  # wrong width
+])
+def test_grade_reports_the_first_error(response, critique, score):
+    finding = grade(QUERY, response, "R1")
+    assert (finding.critique, finding.score) == (critique, score)
+    # "ok" exactly when the verifier agrees the answer is right.
+    assert finding.ok == get_task("arithmetic").verify("41", response)
+
+
+def test_teacher_trajectory_scores_each_response():
+    text, findings = teacher_trajectory(QUERY, ["+210+430=+640-500=+140>42", RIGHT])
+    assert text == ("Principles: 3 terms, width 3.\n"
+                    "Critique: R1 answer 42 wrong, expected 41. R2 ok.\n"
+                    "Final Scores: [[3, 9]]")
+    assert [f.ok for f in findings] == [False, True]
+
+
+def test_bad_query_names_the_field():
+    with pytest.raises(ValueError, match="query"):
+        grade("12*3=", RIGHT, "R1")
+
+
+def test_corruptions_are_wrong_and_critiqued_as_their_kind():
+    problem = preference_set("train", 1, seed=3, difficulty=dict(min_operands=3))[0].problem
+    rng = np.random.default_rng(0)
+    expected = {"carry": "total", "answer": "answer", "skip": "steps"}
+    for kind in CORRUPTIONS:
+        for _ in range(5):
+            response = corrupt(problem, kind, rng)
+            finding = grade(problem.prompt, response, "R1")
+            if get_task("arithmetic").verify(problem, response):
+                continue  # e.g. skipping a zero term; preference_set discards these
+            assert expected[kind] in finding.critique, (kind, response, finding)
+
+
+def test_preference_sets_label_the_one_right_response_and_keep_splits_apart():
+    train = preference_set("train", 50, seed=0, no_best_fraction=0.2)
+    test = preference_set("test", 20, seed=0)
+    assert not {s.problem.prompt for s in train} & {s.problem.prompt for s in test}
+    assert all(s.best is not None for s in test)
+    assert 0 < sum(s.best is None for s in train) < 50
+    for s in train:
+        if s.best is not None:
+            assert s.correct[s.best] and sum(s.correct) == 1
+    for s, record in zip(train, cold_start_records(train)):
+        assert record["prompt"].startswith(f"Q:{s.problem.prompt}\nR1:")
+        parsed = parse_strict(record["solution"], 2)
+        assert parsed.ok
+        if s.best is not None or all(s.correct):  # all wrong: scores rank the kinds of error
+            assert predicted_best(parsed.scores) == s.best
