@@ -2,9 +2,12 @@
 
 import importlib.util
 
+import pytest
+
 from moe_jax.config import load_config
 
 
+@pytest.mark.slow  # ~75 s of CPU: three trainings and four greedy evaluations
 def test_distill_runlocal_reports_teacher_scratch_and_distilled(tmp_path):
     config = load_config("experiments/distill.py:runlocal")
     spec = importlib.util.spec_from_file_location("distill_experiment", "experiments/distill.py")

@@ -2,6 +2,8 @@
 
 import importlib.util
 
+import pytest
+
 from moe_jax.config import load_config
 
 
@@ -12,6 +14,7 @@ def load_experiment(path):
     return module
 
 
+@pytest.mark.slow  # ~75 s of CPU: three trainings and four greedy evaluations
 def test_lora_shift_runlocal_reports_both_accuracies_and_optimizer_bytes(tmp_path):
     config = load_config("experiments/lora_shift.py:runlocal")
     assert config.experiment == "experiments.lora_shift"
