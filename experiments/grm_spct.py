@@ -23,7 +23,7 @@ The trained GRM is a reward for policy GRPO:
         --config.rl.reward=grm --config.rl.grm_from=runs/grm
 
 Variants:
-  tiny   2 CPU cores, about 20 minutes: a 3-layer d_model 96 MoE trained from scratch on
+  tiny   2 CPU cores, 10-40 minutes by load: a 3-layer d_model 96 MoE trained from scratch on
          2-operand problems of up to 2 digits
   hf     one accelerator, starting from an imported Hugging Face DeepSeek checkpoint:
          moe-jax convert --from-hf HF_DIR --to CKPT, then
@@ -73,23 +73,23 @@ def get_config(arg=None):
     g.num_responses = 2  # responses per GRM input: Final Scores: [[a, b]]
     g.train_sets = 3000 if tiny else 20_000
     g.no_best_fraction = 0.2  # cold-start sets with all right / all wrong responses
-    g.test_sets = 100 if tiny else 500  # held-out sets (problems of the test split)
+    g.test_sets = 60 if tiny else 500  # held-out sets (problems of the test split)
     g.prompt_len = 56 if tiny else 256
     g.max_new_tokens = 152 if tiny else 256
     g.seq_len = c.data.seq_len
-    g.generate_batch_size = 200 if tiny else 512
+    g.generate_batch_size = 240 if tiny else 512
     g.parser = "tolerant"
 
-    g.cold_start_steps = 200 if tiny else 2000
-    g.rft_sets = 200 if tiny else 4000
+    g.cold_start_steps = 120 if tiny else 2000
+    g.rft_sets = 120 if tiny else 4000
     g.rft_samples = 4 if tiny else 8
     g.rft_temperature = 1.0
     g.rft_drop_too_easy = True  # SPCT drops inputs whose samples are all accepted
-    g.rft_steps = 60 if tiny else 1000
+    g.rft_steps = 40 if tiny else 1000
 
-    g.meta_steps = 40 if tiny else 500
+    g.meta_steps = 30 if tiny else 500
 
-    g.rl_steps = 15 if tiny else 300
+    g.rl_steps = 10 if tiny else 300
     g.rl_batch_size = 8 if tiny else 64  # preference sets per GRPO step
     g.rl_group_size = 4 if tiny else 8
     g.rl_temperature = 1.0
@@ -100,14 +100,14 @@ def get_config(arg=None):
     g.eval_ks = (1, 2, 4, 8, 16)
     g.eval_temperature = 0.5  # the paper's sampling temperature for Voting@k
 
-    g.policy_steps = 80 if tiny else 0  # 0: no best-of-n (hf: use a GRPO policy instead)
+    g.policy_steps = 60 if tiny else 0  # 0: no best-of-n (hf: use a GRPO policy instead)
     g.policy_train_problems = 5000
     g.policy_seq_len = 128
     g.policy_prompt_len = 16
     g.policy_max_new_tokens = 24
     g.policy_temperature = 1.0
     g.best_of_n = 4
-    g.best_of_n_problems = 100 if tiny else 500
+    g.best_of_n_problems = 50 if tiny else 500
     g.best_of_n_grm_samples = 2
     g.figure = True
     return c

@@ -51,6 +51,10 @@ def get_config(arg=None):
     c.rl.scale_by_std = True  # False: Dr. GRPO's advantages
     c.rl.num_minibatches = 2  # optimizer steps per rollout batch
     c.rl.format_weight = 0.1
+    c.rl.reward = "verifier"  # or "grm": the generative reward model of experiments/grm_spct.py
+    c.rl.grm_from = ""  # the GRM's workdir when rl.reward = "grm"
+    c.rl.grm_samples = 1  # GRM trajectories per input (Voting@k)
+    c.rl.grm_temperature = 0.5
 
     c.train.steps = 150 if variant == "tiny" else 1000
     c.train.batch_size = 16 if variant == "tiny" else 64  # prompts per step

@@ -19,6 +19,7 @@ the SFT model, reloaded from its checkpoint on resume.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import time
@@ -69,6 +70,25 @@ def validate_rl_config(config: ml_collections.ConfigDict):
     if not r.init_from and not r.sft_config:
         raise ConfigError("rl.init_from", r.init_from, "an SFT workdir, or rl.sft_config to train one")
     grpo_config(config)  # aggregation and clip checks
+
+
+# Rewards besides the verifier, by name. They live above rl/ (the GRM is itself trained
+# with GRPO), so they are imported only when a config names them.
+REWARD_FACTORIES = {"grm": "moe_jax.grm.reward:reward_fn_from_config"}
+
+
+def configured_reward(config, tokenizer):
+    """rl.reward = "verifier" (default: task verifier + format) or a REWARD_FACTORIES name."""
+    r = config.rl
+    name = r.get("reward", "verifier")
+    if name == "verifier":
+        return functools.partial(task_rewards, config.data.task, format_weight=r.format_weight)
+    if name not in REWARD_FACTORIES:
+        raise ConfigError("rl.reward", name, f"one of {['verifier', *REWARD_FACTORIES]}")
+    if name == "grm" and not r.get("grm_from"):
+        raise ConfigError("rl.grm_from", r.get("grm_from"), "a GRM workdir (experiments/grm_spct.py)")
+    module, _, factory = REWARD_FACTORIES[name].partition(":")
+    return getattr(importlib.import_module(module), factory)(config, tokenizer)
 
 
 def grpo_config(config) -> GRPOConfig:
@@ -131,15 +151,16 @@ def _check_finite(step: int, scalars: dict):
 def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, log=print) -> dict:
     """Run GRPO as configured; returns the summary (also written to summary.json).
 
-    reward_fn(examples, responses) -> {"reward": [N], ...}; default: the task's verifier
-    plus `rl.format_weight` x the format reward (moe_jax.rl.rewards.task_rewards).
+    reward_fn(examples, responses) -> {"reward": [N], ...}; default: the one rl.reward
+    names, the task's verifier plus `rl.format_weight` x the format reward
+    (moe_jax.rl.rewards.task_rewards) unless it says "grm".
     """
     validate_rl_config(config)
     os.makedirs(workdir, exist_ok=True)
     t, r, m = config.train, config.rl, config.model
     task = config.data.task
     tokenizer = get_tokenizer(config.data.tokenizer)
-    reward_fn = reward_fn or functools.partial(task_rewards, task, format_weight=r.format_weight)
+    reward_fn = reward_fn or configured_reward(config, tokenizer)
     train_source, test_source = _load_data(config, workdir)
     task_spec = get_task(task)
 

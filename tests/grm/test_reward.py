@@ -1,0 +1,59 @@
+"""The GRM as GRPO's reward: selected by rl.reward, rewards in [0, 1] per response."""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+from moe_jax.config import load_config
+from moe_jax.data.tasks.base import Example
+from moe_jax.data.tokenizer import get_tokenizer
+from moe_jax.grm.finetune import init_params
+from moe_jax.grm.judge import pairs
+from moe_jax.grm.reward import GRM_SPEC_FILE
+from moe_jax.interop.checkpoint import save_converted
+from moe_jax.models.config import ConfigError
+from moe_jax.rl.loop import configured_reward
+
+
+def test_pairings():
+    assert pairs(3, "round_robin") == [(0, 1), (0, 2), (1, 2)]
+    assert pairs(4, "cyclic") == [(0, 1), (1, 2), (2, 3), (3, 0)]
+    assert pairs(2, "cyclic") == [(0, 1)]  # (1, 0) would judge the same pair twice
+    with pytest.raises(ValueError, match="pairing"):
+        pairs(3, "swiss")
+
+
+def test_reward_option_is_checked():
+    config = load_config("experiments/grpo_reasoning.py:tiny")
+    tokenizer = get_tokenizer("char")
+    assert configured_reward(config, tokenizer).func.__name__ == "task_rewards"
+    config.rl.reward = "oracle"
+    with pytest.raises(ConfigError, match="rl.reward"):
+        configured_reward(config, tokenizer)
+    config.rl.reward = "grm"
+    with pytest.raises(ConfigError, match="rl.grm_from"):
+        configured_reward(config, tokenizer)
+
+
+@pytest.mark.slow
+def test_grm_reward_scores_every_response_of_a_group(tmp_path):
+    grm = load_config("experiments/grm_spct.py:tiny").model
+    grm.d_model, grm.num_layers, grm.num_experts, grm.dense_ffn, grm.expert_ffn = 32, 2, 2, 32, 32
+    grm.kv_lora_rank, grm.qk_nope_head_dim, grm.v_head_dim, grm.qk_rope_head_dim = 16, 8, 8, 8
+    params, router_bias = init_params(grm, 0, 16)
+    directory = str(tmp_path / "grm" / "models" / "rl")
+    save_converted(directory, params, router_bias, grm)
+    with open(os.path.join(directory, GRM_SPEC_FILE), "w") as f:
+        json.dump({"max_new_tokens": 8}, f)
+
+    config = load_config("experiments/grpo_reasoning.py:tiny")
+    config.rl = ml_collections.ConfigDict(dict(config.rl, reward="grm", group_size=2,
+                                               grm_from=str(tmp_path / "grm")))
+    reward_fn = configured_reward(config, get_tokenizer("char"))
+    examples = [Example("1+2=", "+10+20=+30>3", "3")] * 2 + [Example("5-7=", "+50-70=-20>-2", "-2")] * 2
+    out = reward_fn(examples, ["+10+20=+30>3", "+10+20=+40>4", "x", "+50-70=-20>-2"])
+    assert out["reward"].shape == (4,) and np.all((out["reward"] >= 0) & (out["reward"] <= 1))
+    np.testing.assert_array_equal(out["correct"], [1, 0, 0, 1])
