@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from moe_jax.lora.adapters import (LoraKernel, attach, default_lora_config, init_adapters, merge,
                                    trainable_report, validate_lora_config)
@@ -65,8 +66,9 @@ def test_adapter_shapes_per_expert_and_per_head(tiny):
     assert ad["moe_layers"]["attn"]["o"]["a"].shape == (1, m.num_heads * m.v_head_dim, 4)
     # Unscanned MTP layer: no leading axis for dense weights.
     assert ad["mtp_0"]["layer"]["attn"]["q_a"]["a"].shape == (d, 4)
-    assert all(not np.any(np.asarray(b)) for b in jax.tree.leaves(
-        jax.tree.map(lambda x: x, ad), is_leaf=lambda x: False)[1::2])  # B leaves are zero
+    flat = traverse_util.flatten_dict(ad)
+    assert all(not np.any(np.asarray(x)) for path, x in flat.items() if path[-1] == "b")
+    assert all(np.any(np.asarray(x)) for path, x in flat.items() if path[-1] == "a")
 
 
 def test_zero_b_gives_exactly_the_base_logits(tiny):
