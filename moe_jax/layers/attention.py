@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from moe_jax.layers.initializers import dense_init
 from moe_jax.layers.norms import RMSNorm
 from moe_jax.layers.rope import apply_rope, rope_cos_sin_scale, rope_inv_freq, softmax_scale
+from moe_jax.quant.fp8 import matmul
 
 
 def attention_mask(q_positions, k_positions, q_segments=None, k_segments=None):
@@ -96,6 +97,11 @@ class MLA(nn.Module):
         w = self.param(name, dense_init(self.config.init_std, axes), shape, self.param_dtype)
         return w.astype(self.dtype)
 
+    def _project(self, x, w, contract=1):
+        """x contracted with w's leading `contract` axes; FP8 when model.fp8 is on (the
+        projections only: like DeepSeek-V3, the attention core stays in high precision)."""
+        return matmul(x, w, fp8=self.config.fp8, contract=contract)
+
     def _norm(self, name, x):
         return RMSNorm(self.config.rms_eps, self.dtype, self.param_dtype, name=name)(x)
 
@@ -106,10 +112,10 @@ class MLA(nn.Module):
         if m.q_lora_rank:
             w_qa = self._weight("q_a", (m.d_model, m.q_lora_rank), ("embed", "q_lora"))
             w_qb = self._weight("q_b", (m.q_lora_rank, m.num_heads, qk), ("q_lora", "heads", "kv"))
-            q = jnp.einsum("btq,qhk->bthk", self._norm("q_a_norm", x @ w_qa), w_qb)
+            q = self._project(self._norm("q_a_norm", self._project(x, w_qa)), w_qb)  # [B,T,H,N+R]
         else:
             w_q = self._weight("q", (m.d_model, m.num_heads, qk), ("embed", "heads", "kv"))
-            q = jnp.einsum("btd,dhk->bthk", x, w_q)
+            q = self._project(x, w_q)  # [B,T,H,N+R]
         q_nope, q_rope = q[..., : m.qk_nope_head_dim], q[..., m.qk_nope_head_dim:]
         q_rope = apply_rope(q_rope, positions, rope_inv_freq(m), rope_cos_sin_scale(m))
         return q_nope, q_rope
@@ -122,7 +128,7 @@ class MLA(nn.Module):
         m = self.config
         w_kva = self._weight("kv_a", (m.d_model, m.kv_lora_rank + m.qk_rope_head_dim),
                              ("embed", "kv_lora"))
-        kv_a = x @ w_kva  # [B, T, L + R]
+        kv_a = self._project(x, w_kva)  # [B, T, L + R]
         c_kv = self._norm("kv_a_norm", kv_a[..., : m.kv_lora_rank])
         k_rope = apply_rope(kv_a[..., m.kv_lora_rank:], positions, rope_inv_freq(m),
                             rope_cos_sin_scale(m))
@@ -156,7 +162,7 @@ class MLA(nn.Module):
         x = x.astype(self.dtype)
         q_nope, q_rope = self.project_query(x, positions)
         c_kv, k_rope = self.compress_kv(x, positions)
-        kv = jnp.einsum("btl,lhk->bthk", c_kv, self.kv_up_weight())  # [B,T,H,N+V]
+        kv = self._project(c_kv, self.kv_up_weight())  # [B,T,H,N+V]
         k_nope, v = kv[..., : m.qk_nope_head_dim], kv[..., m.qk_nope_head_dim:]
         # The rope key is shared by all heads (decoupled RoPE).
         k_rope = jnp.broadcast_to(k_rope[:, :, None, :], k_nope.shape[:-1] + (m.qk_rope_head_dim,))
@@ -164,7 +170,7 @@ class MLA(nn.Module):
         k = jnp.concatenate([k_nope, k_rope], axis=-1)
         mask = attention_mask(positions, positions, segment_ids, segment_ids)
         out = dot_product_attention(q, k, v, mask, softmax_scale(m))  # [B,T,H,V]
-        return jnp.einsum("bthv,hvd->btd", out, self.out_weight())
+        return self._project(out, self.out_weight(), contract=2)  # [B,T,D]
 
     def _attend_with_cache(self, x, positions, segment_ids, cache: MLACache, prefill: bool):
         m = self.config
@@ -172,7 +178,7 @@ class MLA(nn.Module):
         c_new, k_rope_new = self.compress_kv(x, positions)
         w_kv_b = self.kv_up_weight()
         if prefill:  # the same operations as the training forward
-            kv = jnp.einsum("btl,lhk->bthk", c_new, w_kv_b)
+            kv = self._project(c_new, w_kv_b)
             k_nope, v = kv[..., : m.qk_nope_head_dim], kv[..., m.qk_nope_head_dim:]
             k_rope = jnp.broadcast_to(k_rope_new[:, :, None, :],
                                       k_nope.shape[:-1] + (m.qk_rope_head_dim,))
@@ -191,5 +197,5 @@ class MLA(nn.Module):
             mask = (causal[None] & cache.valid[:, None, :])[:, None]  # [B,1,T,S]
             out = absorbed_attention(q_nope, q_rope, c_kv.astype(self.dtype),
                                      k_rope.astype(self.dtype), w_kv_b, mask, softmax_scale(m))
-        y = jnp.einsum("bthv,hvd->btd", out, self.out_weight())
+        y = self._project(out, self.out_weight(), contract=2)
         return y, (c_new, k_rope_new)

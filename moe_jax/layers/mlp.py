@@ -5,12 +5,14 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.layers.initializers import dense_init
+from moe_jax.quant.fp8 import matmul
 
 
-def swiglu(x, w_gate, w_up, w_down):
-    """x: [..., D]; w_gate, w_up: [D, F]; w_down: [F, D]."""
-    h = jax.nn.silu(x @ w_gate) * (x @ w_up)  # [..., F]
-    return h @ w_down
+def swiglu(x, w_gate, w_up, w_down, *, fp8: bool = False):
+    """x: [..., D]; w_gate, w_up: [D, F]; w_down: [F, D]. fp8: the three GEMMs in FP8
+    (moe_jax.quant.fp8); the SiLU and product stay in x.dtype."""
+    h = jax.nn.silu(matmul(x, w_gate, fp8=fp8)) * matmul(x, w_up, fp8=fp8)  # [..., F]
+    return matmul(h, w_down, fp8=fp8)
 
 
 class MLP(nn.Module):
@@ -21,6 +23,7 @@ class MLP(nn.Module):
     init_std: float = 0.02
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    fp8: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -31,4 +34,4 @@ class MLP(nn.Module):
         w_gate = weight("gate", (self.d_model, self.ffn), ("embed", "mlp"))
         w_up = weight("up", (self.d_model, self.ffn), ("embed", "mlp"))
         w_down = weight("down", (self.ffn, self.d_model), ("mlp", "embed"))
-        return swiglu(x.astype(self.dtype), w_gate, w_up, w_down)
+        return swiglu(x.astype(self.dtype), w_gate, w_up, w_down, fp8=self.fp8)

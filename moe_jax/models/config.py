@@ -79,6 +79,9 @@ def base_model_config() -> ml_collections.ConfigDict:
     c.init_std = 0.02
     c.dtype = "float32"  # compute dtype
     c.param_dtype = "float32"  # master weights
+    # DeepSeek-V3's FP8 recipe for the projections and experts (moe_jax.quant.fp8); the
+    # embedding, head, router, norms and attention core stay in `dtype`.
+    c.fp8 = False
     c.remat_policy = "none"
     c.scan_layers = True
     return c
@@ -145,6 +148,8 @@ def validate_model_config(m: ml_collections.ConfigDict) -> None:
                               f"greater than model.rope_beta_slow = {m.rope_beta_slow}")
     if m.tie_embeddings not in (True, False):
         raise ConfigError("model.tie_embeddings", m.tie_embeddings, "True or False")
+    if m.fp8 not in (True, False):
+        raise ConfigError("model.fp8", m.fp8, "True or False")
 
 
 def qk_head_dim(m) -> int:

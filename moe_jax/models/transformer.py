@@ -23,6 +23,7 @@ from moe_jax.layers.mlp import MLP
 from moe_jax.layers.norms import RMSNorm
 from moe_jax.moe.block import MoEBlock
 from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION
+from moe_jax.quant.fp8 import matmul
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
@@ -58,7 +59,8 @@ class DecoderLayer(nn.Module):
         if self.use_moe:
             out, stats = MoEBlock(m, dtype, param_dtype, name="moe")(h)
         else:
-            out, stats = MLP(m.d_model, m.dense_ffn, m.init_std, dtype, param_dtype, name="mlp")(h), {}
+            out, stats = MLP(m.d_model, m.dense_ffn, m.init_std, dtype, param_dtype, fp8=m.fp8,
+                             name="mlp")(h), {}
         if cache is None:
             return x + out, stats
         return x + out, stats, new_latents
@@ -107,7 +109,7 @@ class MTPModule(nn.Module):
         h = RMSNorm(m.rms_eps, dtype, param_dtype, name="hidden_norm")(hidden)
         w = self.param("proj", dense_init(m.init_std, ("mtp_concat", "embed")),
                        (2 * m.d_model, m.d_model), param_dtype)
-        x = jnp.concatenate([e, h], axis=-1) @ w.astype(dtype)  # [B, T, 2D] -> [B, T, D]
+        x = matmul(jnp.concatenate([e, h], axis=-1), w.astype(dtype), fp8=m.fp8)  # [B, T, 2D] -> [B, T, D]
         use_moe = m.num_layers > m.num_dense_layers
         x, stats = DecoderLayer(m, use_moe, name="layer")(x, positions, segment_ids)
         return x, RMSNorm(m.rms_eps, dtype, param_dtype, name="out_norm")(x), stats

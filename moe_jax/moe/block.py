@@ -44,12 +44,12 @@ class MoEBlock(nn.Module):
         routing, logits = Router(m, self.param_dtype, name="router")(tokens)
         # Plain engine, or the same engine under expert parallelism when the mesh set by
         # jax.set_mesh has an expert axis > 1.
-        engine = expert_parallel.engine_for_active_mesh(m.dispatch)
+        engine = expert_parallel.engine_for_active_mesh(m.dispatch, fp8=m.fp8)
         y, num_dropped = engine(tokens, routing.expert_index, routing.combine_weights,
                                 self.expert_weights(), m.capacity_factor)
         if m.num_shared_experts:
             y = y + MLP(m.d_model, m.num_shared_experts * m.expert_ffn, m.init_std, self.dtype,
-                        self.param_dtype, name="shared")(tokens)
+                        self.param_dtype, fp8=m.fp8, name="shared")(tokens)
 
         load = expert_counts(routing.expert_index, m.num_experts)  # [E]
         stats = {

@@ -3,9 +3,10 @@
 Pure functions, no modules and no sharding. Every engine has the signature
 
     engine(x [S, D], expert_index [S, K], combine_weights [S, K], experts: ExpertWeights,
-           capacity_factor: float) -> (y [S, D], num_dropped: int32 scalar)
+           capacity_factor: float, *, fp8: bool = False) -> (y [S, D], num_dropped: int32 scalar)
 
-where `num_dropped` counts (token, expert) assignments that were not computed. Shapes:
+where `num_dropped` counts (token, expert) assignments that were not computed and `fp8`
+runs the expert GEMMs in FP8 (moe_jax.quant.fp8). Shapes:
 S tokens, D model, E experts, F expert ffn, K experts per token, C capacity per expert,
 N = S * K assignments.
 
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 from moe_jax.layers.mlp import swiglu
 from moe_jax.moe.dropless import dropless, stable_sort_by_expert
 from moe_jax.moe.permutation import combine, permute
+from moe_jax.quant.fp8 import expert_matmul
 
 
 class ExpertWeights(NamedTuple):
@@ -35,14 +37,15 @@ class ExpertWeights(NamedTuple):
     down: jax.Array  # [E, F, D]
 
 
-def reference(x, expert_index, combine_weights, experts: ExpertWeights, capacity_factor=None):
+def reference(x, expert_index, combine_weights, experts: ExpertWeights, capacity_factor=None, *,
+              fp8: bool = False):
     """Loop over experts; every token through every expert, masked by its routing weight."""
     del capacity_factor
     num_experts = experts.gate.shape[0]
     y = jnp.zeros(x.shape, jnp.float32)
     for e in range(num_experts):
         weight = jnp.sum(jnp.where(expert_index == e, combine_weights, 0.0), axis=-1)  # [S]
-        out = swiglu(x, experts.gate[e], experts.up[e], experts.down[e])  # [S, D]
+        out = swiglu(x, experts.gate[e], experts.up[e], experts.down[e], fp8=fp8)  # [S, D]
         y = y + weight[:, None] * out.astype(jnp.float32)
     return y.astype(x.dtype), jnp.zeros((), jnp.int32)
 
@@ -66,7 +69,8 @@ def rank_within_expert(flat_expert, num_experts: int):
     return rank, group_sizes
 
 
-def capacity(x, expert_index, combine_weights, experts: ExpertWeights, capacity_factor=1.25):
+def capacity(x, expert_index, combine_weights, experts: ExpertWeights, capacity_factor=1.25, *,
+             fp8: bool = False):
     """Capacity-limited dispatch by gather/scatter into [E, C, D] expert buffers."""
     num_tokens, d_model = x.shape
     top_k = expert_index.shape[1]
@@ -92,9 +96,9 @@ def capacity(x, expert_index, combine_weights, experts: ExpertWeights, capacity_
     # are scatter-adds into zero-filled [S, D] and [E * C, D] buffers, slow on CPU.
     buffers = permute(x, slot_token, assignment_slot).reshape(num_experts, cap, d_model)  # [E, C, D]
 
-    h = jax.nn.silu(jnp.einsum("ecd,edf->ecf", buffers, experts.gate)) * jnp.einsum(
-        "ecd,edf->ecf", buffers, experts.up)  # [E, C, F]
-    out = jnp.einsum("ecf,efd->ecd", h, experts.down).reshape(num_experts * cap, d_model)
+    h = jax.nn.silu(expert_matmul(buffers, experts.gate, fp8=fp8)) * expert_matmul(
+        buffers, experts.up, fp8=fp8)  # [E, C, D] @ [E, D, F] -> [E, C, F]
+    out = expert_matmul(h, experts.down, fp8=fp8).reshape(num_experts * cap, d_model)  # [E*C, D]
 
     y = combine(out, combine_weights, assignment_slot, slot_token, slot_assignment)  # [S, D] f32
     num_dropped = jnp.sum(~kept).astype(jnp.int32)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from moe_jax.moe import grouped_matmul
 from moe_jax.moe.permutation import combine, permute
+from moe_jax.quant.fp8 import quantize_weight_ste
 
 # Bounds of the CPU tiling (see `cpu_tiling`). Measured in benchmarks/RESULTS.md.
 MAX_TILE_LIMIT = 512  # bigger tiles gain nothing on CPU and make the switch longer
@@ -133,7 +134,7 @@ def default_implementation() -> str:
 
 def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
              implementation: str | None = None, max_tile: int | None = None,
-             align: int | None = None):
+             align: int | None = None, fp8: bool = False):
     """Dropless dispatch engine (the signature of every engine in `dispatch.py`).
 
     x: [S, D]; expert_index: [S, K] int; combine_weights: [S, K]; experts: ExpertWeights,
@@ -141,6 +142,7 @@ def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
     `capacity_factor` is ignored: every expert takes all its tokens.
     implementation: "tiled" (CPU), "ragged_dot" (GPU/TPU), or None for the backend's own.
     max_tile, align: CPU tiling, max_tile a multiple of align; None: `cpu_tiling`.
+    fp8: the expert GEMMs in FP8 (moe_jax.quant.fp8).
     """
     del capacity_factor
     implementation = implementation or default_implementation()
@@ -148,7 +150,8 @@ def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
     if implementation == "ragged_dot":
         layout = sort_by_expert(expert_index, num_experts)
         xs = permute(x, layout.row_token, layout.assignment_row)  # [N, D]
-        out = grouped_matmul.ragged_swiglu(xs, layout.group_sizes, experts.gate, experts.up, experts.down)
+        out = grouped_matmul.ragged_swiglu(xs, layout.group_sizes, experts.gate, experts.up, experts.down,
+                                           fp8=fp8)
         y = combine(out, combine_weights, layout.assignment_row, layout.row_token, layout.row_assignment)
     elif implementation == "tiled":
         default_max_tile, default_align = cpu_tiling(expert_index.size, num_experts)
@@ -157,9 +160,12 @@ def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
         if max_tile % align:
             raise ValueError(f"max_tile={max_tile} must be a multiple of align={align}")
         layout = sort_by_expert(expert_index, num_experts, align=align)
+        weights = experts
+        if fp8:  # rounded once here, per expert; the kernel rounds the activations
+            weights = type(experts)(*(quantize_weight_ste(w) for w in experts))
         y = grouped_matmul.tiled_moe(
             x, row_weights(combine_weights, layout), layout.row_token, layout.block_start,
-            layout.block_rows, experts.gate, experts.up, experts.down, max_tile, align)
+            layout.block_rows, weights.gate, weights.up, weights.down, max_tile, align, fp8)
     else:
         raise ValueError(f"implementation={implementation!r}: expected 'tiled' or 'ragged_dot'")
     return y.astype(x.dtype), jnp.zeros((), jnp.int32)

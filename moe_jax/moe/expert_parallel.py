@@ -87,13 +87,14 @@ def expert_axis_size(mesh=None) -> int:
     return dict(zip(mesh.axis_names, mesh.axis_sizes))[EXPERT_AXIS]
 
 
-def engine_for_active_mesh(name: str):
+def engine_for_active_mesh(name: str, fp8: bool = False):
     """The dispatch engine `name`, wrapped in expert parallelism when the active mesh has
-    an expert axis of size > 1. Same signature as every engine in `dispatch.py`."""
+    an expert axis of size > 1. Same signature as every engine in `dispatch.py`.
+    fp8: the expert GEMMs in FP8 (moe_jax.quant.fp8)."""
     engine = dispatch.get_engine(name)
     if expert_axis_size() <= 1:
-        return engine
-    return functools.partial(expert_parallel_moe, engine_name=name)
+        return functools.partial(engine, fp8=True) if fp8 else engine
+    return functools.partial(expert_parallel_moe, engine_name=name, fp8=fp8)
 
 
 # ----------------------------------------------------------------------------------------
@@ -286,14 +287,15 @@ def _tokens_moe(x, expert_index, combine_weights, experts, engine, capacity_fact
 
 def expert_parallel_moe(x, expert_index, combine_weights, experts: dispatch.ExpertWeights,
                         capacity_factor=1.25, *, engine_name: str, mesh=None, rules=None,
-                        exchange: str | None = None):
+                        exchange: str | None = None, fp8: bool = False):
     """Expert-parallel dispatch (the signature of every engine in `dispatch.py`).
 
     x: [S, D] global tokens; expert_index, combine_weights: [S, K]; experts: gate and up
     [E, D, F], down [E, F, D] (global) -> (y [S, D] in x.dtype, num_dropped int32 global).
     mesh: default the active one (`jax.set_mesh`); rules: default flax's active logical
     axis rules, else FALLBACK_RULES; exchange: "dense" (all_to_all) or "ragged"
-    (ragged_all_to_all, dropless layout only), default by backend.
+    (ragged_all_to_all, dropless layout only), default by backend; fp8: the local
+    engine's expert GEMMs in FP8.
     """
     mesh = mesh if mesh is not None else active_mesh()
     if mesh is None or expert_axis_size(mesh) <= 1:
@@ -301,6 +303,7 @@ def expert_parallel_moe(x, expert_index, combine_weights, experts: dispatch.Expe
     rules = rules if rules is not None else (nn.get_logical_axis_rules() or FALLBACK_RULES)
     layout = _Layout(mesh, rules, x.shape[0], experts)
     engine = dispatch.get_engine(engine_name)
+    engine = functools.partial(engine, fp8=True) if fp8 else engine
     slots_layout = engine_name in DROPPING_ENGINES
     exchange = exchange or default_exchange()
 

@@ -27,18 +27,31 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from moe_jax.quant import fp8 as fp8_quant
+
 
 # ----------------------------------------------------------------------------------------
 # Accelerators: ragged_dot.
 # ----------------------------------------------------------------------------------------
 
 
-def ragged_swiglu(xs, group_sizes, gate, up, down):
+def ragged_swiglu(xs, group_sizes, gate, up, down, fp8: bool = False):
     """xs: [R, D] sorted by expert; group_sizes: [E] (sum <= R); gate, up: [E, D, F];
-    down: [E, F, D] -> [R, D]. Rows past sum(group_sizes) come out as zeros."""
+    down: [E, F, D] -> [R, D]. Rows past sum(group_sizes) come out as zeros.
+
+    fp8: the forward GEMM inputs rounded as moe_jax.quant.fp8 rounds them (weights in
+    128 x 128 blocks per expert, rows in 1 x 128 tiles); the backward is ragged_dot's own
+    transpose in high precision, with the rounding passed straight through.
+    """
+    if fp8:
+        gate, up, down = (fp8_quant.quantize_weight_ste(w) for w in (gate, up, down))
+        xs = fp8_quant.quantize_ste(xs, fp8_quant.ACTIVATION_TILE)
     g = lax.ragged_dot(xs, gate, group_sizes)  # [R, F]
     u = lax.ragged_dot(xs, up, group_sizes)  # [R, F]
-    return lax.ragged_dot(jax.nn.silu(g) * u, down, group_sizes)  # [R, D]
+    h = jax.nn.silu(g) * u
+    if fp8:
+        h = fp8_quant.quantize_ste(h, fp8_quant.ACTIVATION_TILE)
+    return lax.ragged_dot(h, down, group_sizes)  # [R, D]
 
 
 # ----------------------------------------------------------------------------------------
@@ -46,18 +59,37 @@ def ragged_swiglu(xs, group_sizes, gate, up, down):
 # ----------------------------------------------------------------------------------------
 
 
-def _dot(a, b, out_dtype):
-    """[T, K] @ [K, N] -> [T, N]."""
+# With fp8, the weights come in already rounded to their 128 x 128 blocks
+# (`fp8_quant.quantize_weight_ste`, outside the kernel) and each GEMM rounds its activation
+# inputs along the axis it contracts: 1 x 128 tiles over K, 128 x 1 tiles over the tile
+# rows T for the weight gradients, as moe_jax.quant.fp8 does for a plain matmul.
+
+
+def _fp8_dot(a, b, dims, out_dtype):
+    """float32 product of already-rounded operands (see above), cast to out_dtype."""
+    out = lax.dot_general(a.astype(jnp.float32), b.astype(jnp.float32), (dims, ((), ())))
+    return out.astype(out_dtype)
+
+
+def _dot(a, b, out_dtype, fp8=False):
+    """[T, K] activations @ [K, N] weight -> [T, N]."""
+    if fp8:
+        return _fp8_dot(fp8_quant.activation_rows(a), b, ((1,), (0,)), out_dtype)
     return jnp.matmul(a, b, preferred_element_type=out_dtype)
 
 
-def _dot_tn(a, b, out_dtype):
-    """a.T @ b, contracting the tile axis: [T, M], [T, N] -> [M, N]."""
+def _dot_tn(a, b, out_dtype, fp8=False):
+    """a.T @ b, contracting the tile axis: [T, M], [T, N] activations -> [M, N]."""
+    if fp8:
+        return _fp8_dot(fp8_quant.activation_columns(a), fp8_quant.activation_columns(b),
+                        ((0,), (0,)), out_dtype)
     return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=out_dtype)
 
 
-def _dot_nt(a, b, out_dtype):
-    """a @ b.T: [T, N], [M, N] -> [T, M]."""
+def _dot_nt(a, b, out_dtype, fp8=False):
+    """a @ b.T: [T, N] activations, [M, N] weight -> [T, M]."""
+    if fp8:
+        return _fp8_dot(fp8_quant.activation_rows(a), b, ((1,), (1,)), out_dtype)
     return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=out_dtype)
 
 
@@ -87,18 +119,18 @@ def _pad_rows(a, num_rows):
     return jnp.pad(a, [(0, num_rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
 
-def _tile_forward(x, token, weight, w_gate_up, w_down):
+def _tile_forward(x, token, weight, w_gate_up, w_down, fp8=False):
     """One tile of one expert. token, weight: [T] -> (weight * SwiGLU(x[token]) [T, D]
     float32, pre-activations [gate | up] [T, 2F] in x.dtype)."""
     ffn = w_down.shape[0]
     xt = _gather_rows(x, token)  # [T, D]
-    gu = _dot(xt, w_gate_up, x.dtype)  # [T, 2F]
+    gu = _dot(xt, w_gate_up, x.dtype, fp8)  # [T, 2F]
     h = jax.nn.silu(gu[:, :ffn]) * gu[:, ffn:]  # [T, F]
-    out = _dot(h, w_down, x.dtype)  # [T, D], rounded like the reference's h @ w_down
+    out = _dot(h, w_down, x.dtype, fp8)  # [T, D], rounded like the reference's h @ w_down
     return out.astype(jnp.float32) * weight.astype(jnp.float32)[:, None], gu
 
 
-def _tile_backward(x, dy, token, weight, gu, w_gate_up, w_down):
+def _tile_backward(x, dy, token, weight, gu, w_gate_up, w_down, fp8=False):
     """Backward of `_tile_forward` given dy [S, D] float32 -> (dx rows [T, D],
     d_weight [T], d_gate_up [D, 2F], d_down [F, D]), all float32."""
     ffn = w_down.shape[0]
@@ -110,16 +142,16 @@ def _tile_backward(x, dy, token, weight, gu, w_gate_up, w_down):
     sig = jax.nn.sigmoid(g)
     silu = g * sig
     h = silu * u  # [T, F]
-    dh_unweighted = _dot_nt(dyt.astype(dtype), w_down, acc)  # [T, F] = dy @ down^T
+    dh_unweighted = _dot_nt(dyt.astype(dtype), w_down, acc, fp8)  # [T, F] = dy @ down^T
     # d loss / d weight = <out, dy> = <h, dy @ down^T>: a sum over F numbers, not D.
     d_weight = jnp.sum(h * dh_unweighted, axis=1)  # [T]
-    d_down = _dot_tn(h.astype(dtype), (weight * dyt).astype(dtype), acc)  # [F, D]
+    d_down = _dot_tn(h.astype(dtype), (weight * dyt).astype(dtype), acc, fp8)  # [F, D]
     dh = weight * dh_unweighted  # [T, F]
     dg = dh * u * sig * (1.0 + g * (1.0 - sig))  # silu'(g) = s (1 + g (1 - s))
     du = dh * silu
     dgu = jnp.concatenate([dg, du], axis=1).astype(dtype)  # [T, 2F]
-    d_gate_up = _dot_tn(xt, dgu, acc)  # [D, 2F]
-    dxt = _dot_nt(dgu, w_gate_up, acc)  # [T, D]
+    d_gate_up = _dot_tn(xt, dgu, acc, fp8)  # [D, 2F]
+    dxt = _dot_nt(dgu, w_gate_up, acc, fp8)  # [T, D]
     return dxt, d_weight, d_gate_up, d_down
 
 
@@ -179,8 +211,9 @@ def _scan_experts(expert_step, init, block_start, block_rows, gate, up, down, em
     return lax.scan(step, init, jnp.arange(gate.shape[0]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
-def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
+def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align,
+              fp8=False):
     """y[s] = sum over rows r with row_token[r] == s of row_weight[r] * SwiGLU_e(r)(x[s]).
 
     x: [S, D]; row_weight: [R] (0 on padding rows); row_token: [R] int, S on padding
@@ -193,9 +226,12 @@ def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down,
     rows gathers its tokens from x, runs gate/up, SiLU and down while the tile is in
     cache, and scatter-adds the weighted result into y. Nothing of size [R, D] is materialised; under
     differentiation the pre-activations [R, 2F] are kept for the backward.
+
+    fp8 (static): every GEMM, forward and backward, rounds its activation inputs as
+    moe_jax.quant.fp8 does; the caller passes weights already rounded to their blocks.
     """
     y, _ = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down,
-                          max_tile, align, keep_pre=False)
+                          max_tile, align, keep_pre=False, fp8=fp8)
     return y
 
 
@@ -207,7 +243,7 @@ def _with_slack(row_token, row_weight, num_tokens, max_tile):
 
 
 def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align,
-                   keep_pre):
+                   keep_pre, fp8):
     """-> (y [S, D] float32, pre-activations [R + max_tile, 2F] if keep_pre else None; in
     `_to_bits` form)."""
     num_tokens, d_model = x.shape
@@ -217,7 +253,7 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
                   + ((jnp.zeros((max_tile, 2 * ffn), x.dtype),) if keep_pre else ()), ())
 
     def tile_forward(token, weight, w_gate_up, w_down):
-        out, gu = _tile_forward(x, token, weight, w_gate_up, w_down)
+        out, gu = _tile_forward(x, token, weight, w_gate_up, w_down, fp8)
         return (out, gu) if keep_pre else (out,)
 
     def expert_step(carry, start, rows, w_gate_up, w_down):
@@ -253,16 +289,17 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
     return y, pre
 
 
-def _tiled_fwd(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align):
+def _tiled_fwd(x, row_weight, row_token, block_start, block_rows, gate, up, down, max_tile, align,
+               fp8=False):
     y, pre = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down,
-                            max_tile, align, keep_pre=True)
+                            max_tile, align, keep_pre=True, fp8=fp8)
     # Keep the pre-activations (R 2F numbers), not the [R, D] outputs: recomputing them
     # would add a third of the forward FLOPs to the backward, and the gradient of a row
     # weight needs only <out, dy> = <h, dy @ down^T>, which the backward computes anyway.
     return y, (x, row_weight, row_token, block_start, block_rows, gate, up, down, pre)
 
 
-def _tiled_bwd(max_tile, align, residuals, dy):
+def _tiled_bwd(max_tile, align, fp8, residuals, dy):
     x, row_weight, row_token, block_start, block_rows, gate, up, down, pre = residuals
     num_tokens, d_model = x.shape
     num_rows, ffn = row_token.shape[0], gate.shape[-1]
@@ -288,7 +325,7 @@ def _tiled_bwd(max_tile, align, residuals, dy):
             dx, d_row_weight, d_gate_up, d_down = carry
             token, weight, gu = tile_rows(row)
             dxt, d_weight, d_gate_up_tile, d_down_tile = _tile_backward(
-                x, dy, token, weight, gu, w_gate_up, w_down)
+                x, dy, token, weight, gu, w_gate_up, w_down, fp8)
             return (*update(dx, d_row_weight, row, token, dxt, d_weight),
                     d_gate_up + d_gate_up_tile, d_down + d_down_tile)
 
@@ -297,7 +334,7 @@ def _tiled_bwd(max_tile, align, residuals, dy):
 
             def tile_fn(size, t, w, gu):
                 dxt, d_weight, d_gate_up, d_down = _tile_backward(
-                    x, dy, t[:size], w[:size], gu[:size], w_gate_up, w_down)
+                    x, dy, t[:size], w[:size], gu[:size], w_gate_up, w_down, fp8)
                 return (dxt, d_weight), (d_gate_up, d_down)
 
             (dxt, d_weight), (d_gate_up, d_down) = _rest_tile(

@@ -1,0 +1,189 @@
+"""FP8 training matmuls with DeepSeek-V3's fine-grained scaling.
+
+Every GEMM operand is float8_e4m3fn times float32 scales, one scale per block:
+
+- activations: one scale per 1 x 128 tile (per token, per 128 channels of the
+  contracted axis), so one outlier token or channel group only coarsens its own tile;
+- weights: one scale per 128 x 128 block, the layout of DeepSeek's FP8 checkpoints
+  (`moe_jax.interop.fp8`), which is also a 128 x 128 block of W^T: the backward's
+  dgrad reuses the forward's quantised weight as it is.
+
+A block's scale maps its largest magnitude to 448 (e4m3's maximum); an all-zero block
+gets scale 1. Axes that are not multiples of 128 end in a partial block, as in the
+checkpoints: zero padding changes neither a block's maximum nor any dot product.
+
+Products are accumulated in float32. DeepSeek-V3 accumulates each 128-element chunk on
+the tensor cores and promotes to float32 between chunks; here the dequantised operands
+(q * scale, exact in float32 up to 2^-24) go through one float32 matmul, which computes
+the same sum with float32 accumulation throughout. That is the CPU path, numerically
+the scheme itself, with no speed-up.
+
+Backward: like the paper, the backward GEMMs take FP8 inputs too. For y = x @ w,
+dgrad dx = dy @ w^T quantises dy in 1 x 128 tiles along its contracted axis (N) and
+reuses w's 128 x 128 blocks; wgrad dw = x^T @ dy contracts over tokens, so both x and
+dy are quantised in 128 x 1 tiles (128 tokens per scale), as DeepSeek re-quantises the
+stored activations "into 128 x 1 tiles" for it. The quantiser itself is passed straight
+through (its gradient taken as the identity), the usual rule for rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from moe_jax.interop.fp8 import BLOCK, FP8_MAX
+
+E4M3 = jnp.float8_e4m3fn
+ACTIVATION_TILE = (1, BLOCK)  # per row, 128 along the contracted (last) axis
+WEIGHT_BLOCK = (BLOCK, BLOCK)
+WGRAD_TILE = (BLOCK, 1)  # 128 rows (tokens) per scale, per column
+
+
+def scale_shape(shape, block) -> tuple[int, ...]:
+    """Scales of a `shape` array quantised in `block`s over its trailing axes."""
+    lead = len(shape) - len(block)
+    return tuple(shape[:lead]) + tuple(math.ceil(s / b) for s, b in zip(shape[lead:], block))
+
+
+def _blocked(x, block):
+    """Pad the trailing len(block) axes to multiples of the block and split each axis a
+    into (a / b, b): [..., A, B] -> [..., A/b0, b0, B/b1, b1]."""
+    lead = x.ndim - len(block)
+    pads = [(0, 0)] * lead + [(0, -s % b) for s, b in zip(x.shape[lead:], block)]
+    x = jnp.pad(x, pads)
+    split = list(x.shape[:lead])
+    for s, b in zip(x.shape[lead:], block):
+        split += [s // b, b]
+    return x.reshape(split), lead
+
+
+def quantize(x, block):
+    """x [..., A, B] (block over the trailing axes) -> (q float8_e4m3fn in x's shape,
+    scale float32 of `scale_shape`), with x ~= q * scale of its block."""
+    xb, lead = _blocked(x.astype(jnp.float32), block)
+    inner = tuple(lead + 2 * i + 1 for i in range(len(block)))  # the b axes
+    amax = jnp.max(jnp.abs(xb), axis=inner, keepdims=True)
+    scale = jnp.where(amax > 0, amax / FP8_MAX, 1.0)
+    q = (xb / scale).astype(E4M3)
+    q = q.reshape(xb.shape[:lead] + tuple(s for s in _padded(x.shape[lead:], block)))
+    q = q[tuple([slice(None)] * lead + [slice(0, s) for s in x.shape[lead:]])]
+    return q, jnp.squeeze(scale, axis=inner)
+
+
+def _padded(shape, block):
+    return [math.ceil(s / b) * b for s, b in zip(shape, block)]
+
+
+def dequantize(q, scale, block, dtype=jnp.float32):
+    """Inverse of `quantize`: q * (its block's scale), computed in float32."""
+    lead = q.ndim - len(block)
+    s = scale.astype(jnp.float32)
+    for i, b in enumerate(block):
+        s = jnp.repeat(s, b, axis=lead + i)[(slice(None),) * (lead + i) + (slice(0, q.shape[lead + i]),)]
+    return (q.astype(jnp.float32) * s).astype(dtype)
+
+
+def fake_quantize(x, block, dtype=jnp.float32):
+    """x rounded to the e4m3 grid of its block's scale, as a float array."""
+    return dequantize(*quantize(x, block), block, dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# The training matmul.
+# ----------------------------------------------------------------------------------------
+
+
+def _f32_dot(a, b, dims):
+    return jax.lax.dot_general(a, b, (dims, ((), ())), preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def fp8_matmul(x, w):
+    """x [M, K] @ w [K, N] -> [M, N] in x.dtype, both operands in e4m3 with fine-grained
+    scales (see the module docstring), float32 accumulation."""
+    return _forward(x, w)
+
+
+def _forward(x, w):
+    xq = fake_quantize(x, ACTIVATION_TILE)
+    wq = fake_quantize(w, WEIGHT_BLOCK)
+    return _f32_dot(xq, wq, ((1,), (0,))).astype(x.dtype)
+
+
+def _fp8_matmul_fwd(x, w):
+    # Keep the high-precision operands and re-quantise in the backward: on CPU memory is
+    # not the constraint; DeepSeek keeps the FP8 copy of x to save memory instead.
+    return _forward(x, w), (x, w)
+
+
+def _fp8_matmul_bwd(residuals, dy):
+    x, w = residuals
+    wq = fake_quantize(w, WEIGHT_BLOCK)  # [K, N]; its blocks are W^T's blocks too
+    dyq = fake_quantize(dy, ACTIVATION_TILE)  # [M, N], tiles along N (dgrad contracts N)
+    dx = _f32_dot(dyq, wq, ((1,), (1,)))  # [M, K]
+    x_t = fake_quantize(x, WGRAD_TILE)  # [M, K], tiles of 128 tokens (wgrad contracts M)
+    dy_t = fake_quantize(dy, WGRAD_TILE)  # [M, N]
+    dw = _f32_dot(x_t, dy_t, ((0,), (0,)))  # [K, N]
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+fp8_matmul.defvjp(_fp8_matmul_fwd, _fp8_matmul_bwd)
+
+
+def matmul(x, w, *, fp8: bool, contract: int = 1):
+    """The one helper the model's projections call.
+
+    x [..., I1..Ic] contracted with the leading `contract` axes of w [I1..Ic, O1..Oo]
+    -> [..., O1..Oo]. fp8=False is the plain product (x @ w for a 2-D w); fp8=True
+    flattens to [M, K] @ [K, N] and runs `fp8_matmul`: tiles of 128 then run along the
+    flattened K, as they do over a checkpoint's [N, K] weight matrix.
+    """
+    if not fp8:
+        return jnp.tensordot(x, w, axes=contract)
+    in_shape, out_shape = w.shape[:contract], w.shape[contract:]
+    lead = x.shape[: x.ndim - contract]
+    k, n = math.prod(in_shape), math.prod(out_shape)
+    y = fp8_matmul(x.reshape(-1, k), w.reshape(k, n))
+    return y.reshape(lead + out_shape)
+
+
+def expert_matmul(x, w, *, fp8: bool):
+    """Per-expert products x [E, C, I] @ w [E, I, O] -> [E, C, O]."""
+    if not fp8:
+        return jnp.einsum("eci,eio->eco", x, w)
+    return jax.vmap(fp8_matmul)(x, w)
+
+
+# ----------------------------------------------------------------------------------------
+# Pieces for kernels with their own backward (grouped_matmul.tiled_moe): weights are
+# quantised once outside the kernel, activations inside at each GEMM.
+# ----------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def quantize_ste(x, block):
+    """x rounded in `block`s of its trailing axes, in x.dtype; the gradient passes
+    straight through."""
+    return fake_quantize(x, block, x.dtype)
+
+
+quantize_ste.defvjp(lambda x, block: (quantize_ste(x, block), None), lambda block, _, g: (g,))
+
+
+def quantize_weight_ste(w):
+    """w [..., I, O] rounded in 128 x 128 blocks of its last two axes (per expert for
+    stacked experts), straight-through gradient."""
+    return quantize_ste(w, WEIGHT_BLOCK)
+
+
+def activation_rows(a):
+    """a [T, K] quantised in 1 x 128 tiles along K: a GEMM input contracted over K."""
+    return fake_quantize(a, ACTIVATION_TILE)
+
+
+def activation_columns(a):
+    """a [T, K] quantised in 128 x 1 tiles along T: a wgrad input contracted over T."""
+    return fake_quantize(a, WGRAD_TILE)
