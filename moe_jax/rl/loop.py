@@ -136,6 +136,17 @@ def _load_sft(model, sft_dir: str, log):
     return state.params, state.router_bias
 
 
+@functools.lru_cache(maxsize=4)
+def _compiled(model_config: ml_collections.FrozenConfigDict,
+              opt_config: ml_collections.FrozenConfigDict, grpo: GRPOConfig):
+    """(optimizer, scorer, jitted update), shared by runs with the same settings in one
+    process (a sweep in a notebook, the tests), which then compile once."""
+    model = scoring_model(model_config)
+    optimizer = make_optimizer(opt_config)
+    update = jax.jit(make_grpo_step(model, optimizer, grpo), donate_argnums=0)
+    return optimizer, make_scorer(model), update
+
+
 def _prompt_iterator(source, seed: int):
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
@@ -167,12 +178,12 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, 
     init_dir = _sft_workdir(config, workdir, log)
     m = _converted_model_config(init_dir, m)
     policy = Transformer(m)
-    model = scoring_model(m)
     ref_params, router_bias = _load_sft(policy, init_dir, log)
     opt_config = config.optimizer.copy_and_resolve_references()
     if opt_config.total_steps <= 0:
         opt_config.total_steps = t.steps
-    optimizer = make_optimizer(opt_config)
+    optimizer, score, update = _compiled(ml_collections.FrozenConfigDict(m),
+                                         ml_collections.FrozenConfigDict(opt_config), grpo_config(config))
     state = create_train_state(policy, optimizer, jax.random.PRNGKey(t.seed), 8)
     # A copy: the update donates the policy's buffers, and the reference must survive.
     params = jax.tree.map(jax.numpy.copy, ref_params)
@@ -187,8 +198,6 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, 
         log(f"resumed GRPO from step {int(state.step)} in {workdir}")
     start_step = int(state.step)
 
-    score = make_scorer(model)
-    update = jax.jit(make_grpo_step(model, optimizer, grpo_config(config)), donate_argnums=0)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     rows = t.batch_size * r.group_size
     progress = Progress(t.steps, start_step, rows * (r.prompt_len + r.max_new_tokens),
