@@ -90,3 +90,19 @@ def test_rule_reward_is_plus_minus_one():
     assert rule_reward(s(9, 2), best=1) == -1.0
     assert rule_reward(s(5, 5), best=1) == -1.0
     assert rule_reward(MALFORMED, best=0) == -1.0
+
+
+def test_scaling_accuracy_averages_disjoint_groups_of_k():
+    from moe_jax.grm.evaluate import scaling_accuracy
+
+    # One input, best = 0, four samples. k=1: verdicts 0, 1, 0, 0 -> 3/4 right.
+    # k=2: (9,2)+(2,9) = (11,11) a tie, wrong; (9,1)+(8,2) = (17,3) right -> 1/2.
+    # k=4: (28,14) right -> 1.
+    # MetaRM@2 keeps the better-rated one of each pair: samples 0 and 3, both right -> 1.
+    parsed = [[s(9, 2), s(2, 9), s(9, 1), s(8, 2)]]
+    ratings = [[1.0, 0.0, 0.0, 1.0]]
+    table = scaling_accuracy(parsed, ratings, [0], [2], ks=(1, 2, 4))
+    assert table["voting@1"] == 0.75 and table["voting@2"] == 0.5 and table["voting@4"] == 1.0
+    assert table["metarm@1"] == 0.75 and table["metarm@2"] == 1.0
+    with pytest.raises(ValueError, match="k=3"):
+        scaling_accuracy(parsed, ratings, [0], [2], ks=(3,))
