@@ -20,6 +20,7 @@ import numpy as np
 
 from moe_jax.config import validate
 from moe_jax.data.pipeline import train_dataset
+from moe_jax.data.prefetch import Prefetch
 from moe_jax.data.tasks import get_task
 from moe_jax.data.tfds_builders import load_task_split
 from moe_jax.data.tokenizer import get_tokenizer
@@ -109,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     dataset = train_dataset(train_source, tokenizer, global_batch_size=t.batch_size,
                             seq_len=config.data.seq_len, seed=t.seed, packing=config.data.packing,
                             process_index=jax.process_index(), process_count=jax.process_count())
-    data_iter = iter(dataset)
+    data_iter = Prefetch(iter(dataset), depth=2)
 
     model = Transformer(m)
     opt_config = config.optimizer.copy_and_resolve_references()
@@ -138,27 +139,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
                            show=config.eval.show)
 
     last_scalars, start_time = {}, time.time()
+
+    def report(done, metrics):
+        """Check and log one step's metrics (reading them waits for that step)."""
+        nonlocal last_scalars
+        host = jax.device_get(metrics)
+        scalars = {k: float(v) for k, v in host.items() if np.ndim(v) == 0}
+        check_finite(done, scalars)
+        progress.update(done, scalars["loss"])
+        if done % t.log_every == 0 or done == t.steps:
+            record = dict(scalars, tokens_per_second=progress.tokens_per_second(done),
+                          **_routing_summary(host))
+            writer.write(done, record)
+            last_scalars = scalars
+
+    pending = None  # the previous step's metrics, read once the next step is dispatched
     try:
         for step in range(start_step, t.steps):
             batch = next(data_iter)
             state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
-            host = jax.device_get(metrics)
-            scalars = {k: float(v) for k, v in host.items() if np.ndim(v) == 0}
-            check_finite(step + 1, scalars)
             done = step + 1
-            progress.update(done, scalars["loss"])
-            if done % t.log_every == 0 or done == t.steps:
-                record = dict(scalars, tokens_per_second=progress.tokens_per_second(done),
-                              **_routing_summary(host))
-                writer.write(done, record)
-                last_scalars = scalars
-            if done % t.checkpoint_every == 0 or done == t.steps:
+            if pending is not None:
+                report(*pending)
+            pending = (done, metrics)
+            checkpoint = done % t.checkpoint_every == 0 or done == t.steps
+            evaluate_now = config.eval.every and done % config.eval.every == 0 and done != t.steps
+            if checkpoint or evaluate_now:
+                report(*pending)  # never save or evaluate a state whose loss is not finite
+                pending = None
+            if checkpoint:
                 checkpointer.save(done, state, data_iter.get_state(), {"seed": t.seed})
-            if config.eval.every and done % config.eval.every == 0 and done != t.steps:
+            if evaluate_now:
                 accuracy, count, _ = evaluate(config.eval.num_examples)
                 writer.write(done, {"eval/exact_match": accuracy, "eval/examples": count})
                 progress.write(f"step {done}: held-out exact match {accuracy:.1%} on {count} problems")
     finally:
+        data_iter.close()
         checkpointer.close()
         progress.close()
 
