@@ -4,6 +4,7 @@
     moe-jax demo [--seconds 60]
     moe-jax plan --config configs/deepseek_v3.py --mesh data=1,fsdp=32,expert=8,tensor=1 [--json]
     moe-jax sample --config X --checkpoint WORKDIR --prompt "12+34=" [--temperature 0.7]
+    moe-jax quantize --config X --checkpoint WORKDIR --out QROOT [--bits 8,4] [--eval 500]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from moe_jax.parallel.plan import add_plan_command
 from moe_jax.interop.cli import add_convert_command
 from moe_jax.infer.cli import add_sample_command
+from moe_jax.quant.cli import add_quantize_command
 
 
 def _params(args) -> int:
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_command(sub)
     add_convert_command(sub)
     add_sample_command(sub)
+    add_quantize_command(sub)
     return parser
 
 

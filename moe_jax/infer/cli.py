@@ -6,7 +6,8 @@
 
 --checkpoint accepts a training workdir (its newest `checkpoints/<step>/state`), its
 `checkpoints/` directory, one `<step>` directory, a `state` directory itself, or a
-`moe-jax convert` output directory (whose model_config.json makes --config optional).
+`moe-jax convert` output directory (whose model_config.json makes --config optional), or
+a `moe-jax quantize` output directory (int8/int4 weights, dequantised on load).
 The prompt is encoded as training does (<bos> + text); generation stops at <eos>.
 """
 
@@ -42,13 +43,15 @@ def load_params(state_dir: str):
     return tree["params"], tree.get("router_bias") or {}
 
 
-def _model_config(args, state_dir: str):
+def _model_config(args, config_dir: str):
+    """The model config and tokenizer name: from --config, else from `config_dir`'s
+    model_config.json (a converted or quantised checkpoint), with --override applied."""
     from moe_jax.config import apply_override, load_config
 
     if args.config:
         config = load_config(args.config, args.override)
         return config.model, config.get("data", {}).get("tokenizer", "char")
-    converted = os.path.join(os.path.dirname(state_dir), "model_config.json")
+    converted = os.path.join(config_dir, "model_config.json")
     if not os.path.exists(converted):
         raise ValueError("--config is required unless the checkpoint has a model_config.json")
     import ml_collections
@@ -68,10 +71,16 @@ def _sample(args) -> int:
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.infer.generate import generate
 
+    from moe_jax.quant.checkpoint import is_quantized_checkpoint, load_quantized
+
     try:
-        state_dir = resolve_state_dir(args.checkpoint)
-        model_config, tokenizer_name = _model_config(args, state_dir)
-        params, router_bias = load_params(state_dir)
+        if is_quantized_checkpoint(args.checkpoint):
+            params, router_bias, _, _ = load_quantized(args.checkpoint)
+            model_config, tokenizer_name = _model_config(args, args.checkpoint)
+        else:
+            state_dir = resolve_state_dir(args.checkpoint)
+            model_config, tokenizer_name = _model_config(args, os.path.dirname(state_dir))
+            params, router_bias = load_params(state_dir)
     except (FileNotFoundError, ValueError) as e:
         print(f"moe-jax sample: error: {e}", file=sys.stderr)
         return 2
