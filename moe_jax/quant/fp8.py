@@ -60,35 +60,42 @@ def _blocked(x, block):
     return x.reshape(split), lead
 
 
-def quantize(x, block):
-    """x [..., A, B] (block over the trailing axes) -> (q float8_e4m3fn in x's shape,
-    scale float32 of `scale_shape`), with x ~= q * scale of its block."""
+def _quantize_blocked(x, block):
+    """-> (q in the `_blocked` layout, scale broadcastable against it, lead)."""
     xb, lead = _blocked(x.astype(jnp.float32), block)
     inner = tuple(lead + 2 * i + 1 for i in range(len(block)))  # the b axes
     amax = jnp.max(jnp.abs(xb), axis=inner, keepdims=True)
     scale = jnp.where(amax > 0, amax / FP8_MAX, 1.0)
-    q = (xb / scale).astype(E4M3)
-    q = q.reshape(xb.shape[:lead] + tuple(s for s in _padded(x.shape[lead:], block)))
-    q = q[tuple([slice(None)] * lead + [slice(0, s) for s in x.shape[lead:]])]
-    return q, jnp.squeeze(scale, axis=inner)
+    return (xb / scale).astype(E4M3), scale, inner
 
 
-def _padded(shape, block):
-    return [math.ceil(s / b) * b for s, b in zip(shape, block)]
+def _unblocked(xb, shape):
+    """Inverse of `_blocked`: merge the (a / b, b) pairs and drop the padding."""
+    lead = len(shape) - (xb.ndim - len(shape))
+    padded = xb.reshape(xb.shape[:lead] + tuple(
+        xb.shape[lead + 2 * i] * xb.shape[lead + 2 * i + 1] for i in range(len(shape) - lead)))
+    return padded[tuple(slice(0, s) for s in shape)]
+
+
+def quantize(x, block):
+    """x [..., A, B] (block over the trailing axes) -> (q float8_e4m3fn in x's shape,
+    scale float32 of `scale_shape`), with x ~= q * scale of its block."""
+    q, scale, inner = _quantize_blocked(x, block)
+    return _unblocked(q, x.shape), jnp.squeeze(scale, axis=inner)
 
 
 def dequantize(q, scale, block, dtype=jnp.float32):
     """Inverse of `quantize`: q * (its block's scale), computed in float32."""
-    lead = q.ndim - len(block)
-    s = scale.astype(jnp.float32)
-    for i, b in enumerate(block):
-        s = jnp.repeat(s, b, axis=lead + i)[(slice(None),) * (lead + i) + (slice(0, q.shape[lead + i]),)]
-    return (q.astype(jnp.float32) * s).astype(dtype)
+    qb, lead = _blocked(q.astype(jnp.float32), block)
+    inner = tuple(lead + 2 * i + 1 for i in range(len(block)))
+    return _unblocked(qb * jnp.expand_dims(scale, inner), q.shape).astype(dtype)
 
 
 def fake_quantize(x, block, dtype=jnp.float32):
-    """x rounded to the e4m3 grid of its block's scale, as a float array."""
-    return dequantize(*quantize(x, block), block, dtype)
+    """x rounded to the e4m3 grid of its block's scale, as a float array. Stays in the
+    blocked layout in between: no scale is ever repeated out to x's size."""
+    q, scale, _ = _quantize_blocked(x, block)
+    return _unblocked(q.astype(jnp.float32) * scale, x.shape).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------
