@@ -56,16 +56,16 @@ def get_config(arg=None):
     c.rl.grm_samples = 1  # GRM trajectories per input (Voting@k)
     c.rl.grm_temperature = 0.5
 
-    c.train.steps = 150 if variant == "tiny" else 1000
+    c.train.steps = 1000
     c.train.batch_size = 16 if variant == "tiny" else 64  # prompts per step
     c.train.log_every = 1
-    c.train.checkpoint_every = 10 if variant == "tiny" else 50
-    c.optimizer.learning_rate = 3e-4 if variant == "tiny" else 1e-6
+    c.train.checkpoint_every = 50
+    c.optimizer.learning_rate = 5e-5 if variant == "tiny" else 1e-6
     c.optimizer.warmup_steps = 10
     c.optimizer.total_steps = -1
     c.optimizer.end_lr_ratio = 1.0  # constant after warmup
     c.optimizer.weight_decay = 0.0
-    c.eval.every = 10 if variant == "tiny" else 50
+    c.eval.every = 50
     c.eval.num_examples = 500
     c.eval.final_num_examples = 1000
     return c
