@@ -47,6 +47,13 @@ def judge_candidates(model_config, params, router_bias, queries, candidates, tok
         for i, j in pairs(len(answers), pairing):
             inputs.append(grm_prompt(query, [_one_line(answers[i]), _one_line(answers[j])]))
             owners.append((q, i, j))
+    # A policy's samples can be longer than the sets the GRM was trained on: widen the
+    # prompt (in steps of 16, to keep the number of compiled shapes small) rather than cut them.
+    longest = max(len(tokenizer.encode(p)) + 1 for p in inputs)
+    prompt_len = max(prompt_len, -(-longest // 16) * 16)
+    if prompt_len + max_new_tokens > model_config.max_seq_len:
+        raise ValueError(f"GRM inputs of {longest} tokens plus {max_new_tokens} generated exceed "
+                         f"model.max_seq_len={model_config.max_seq_len}")
     samples = sample_trajectories(model_config, params, router_bias, inputs, tokenizer, k=k,
                                   prompt_len=prompt_len, max_new_tokens=max_new_tokens,
                                   temperature=temperature, rng=rng, batch_size=batch_size)
