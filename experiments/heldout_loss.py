@@ -1,0 +1,59 @@
+"""Held-out cross-entropy of a run's newest checkpoint: the fair way to compare two runs
+whose logged training losses are single noisy batches (e.g. FP8 vs bfloat16).
+
+    python experiments/heldout_loss.py --config experiments/pretrain_arith.py:tiny \
+        --workdir runs/fp8_True --override model.dtype=bfloat16 --override model.fp8=True
+
+Prints one JSON line: the step, and the response-token cross-entropy averaged over
+`--batches` packed batches of the test split (the same batches for every run with the
+same data settings and --seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import numpy as np
+
+from moe_jax.config import load_config
+from moe_jax.data.pipeline import train_dataset
+from moe_jax.data.tokenizer import get_tokenizer
+from moe_jax.models.transformer import Transformer
+from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.loop import _load_data
+from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
+from moe_jax.train.state import create_train_state
+from moe_jax.train.step import forward_with_loss
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--batches", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=7)
+    a = p.parse_args()
+    config = load_config(a.config, a.override)
+    model = Transformer(config.model)
+    template = create_train_state(model, make_optimizer(default_optimizer_config()),
+                                  jax.random.PRNGKey(0), 8)
+    restored = Checkpointer(a.workdir, async_save=False).restore_latest(template)
+    if restored is None:
+        raise SystemExit(f"no readable checkpoint in {a.workdir}")
+    state = restored[0]
+    _, test_source = _load_data(config, a.workdir)
+    batches = iter(train_dataset(test_source, get_tokenizer(config.data.tokenizer),
+                                 global_batch_size=a.batch_size, seq_len=config.data.seq_len,
+                                 seed=a.seed, num_epochs=1))
+    ce = jax.jit(lambda params, bias, batch: forward_with_loss(model, params, bias, batch)[1][0]["ce_loss"])
+    losses = [float(ce(state.params, state.router_bias, next(batches))) for _ in range(a.batches)]
+    print(json.dumps({"workdir": a.workdir, "step": int(state.step),
+                      "heldout_ce": round(float(np.mean(losses)), 5), "batches": a.batches}))
+
+
+if __name__ == "__main__":
+    main()
