@@ -14,3 +14,13 @@ import sys  # noqa: E402
 # Tests import `helpers` (tests/helpers.py) and read configs/ relative to the repo root.
 sys.path.insert(0, os.path.dirname(__file__))
 os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop jit caches after each test module: the suite compiles hundreds of distinct
+    programs, and keeping them all would grow one process to many GB on a 24 GB runner."""
+    yield
+    jax.clear_caches()
