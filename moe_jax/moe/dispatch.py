@@ -12,9 +12,9 @@ N = S * K assignments.
 
 - `reference`: a Python loop over experts that runs every token through every expert
   and masks the result. Obviously correct, E times the work: the yardstick for tests.
-- `capacity`: each expert gets C = ceil(N / E * capacity_factor) slots; assignments past
-  an expert's capacity are dropped. Slots are filled by index gather/scatter (no one-hot
-  einsum over all tokens), first choices of every token before second choices.
+- `capacity`: each expert takes C = ceil(N / E * capacity_factor) assignments, first
+  choices of every token before second choices; the rest are dropped. The kept ones run
+  through the `dropless` kernels, so no one-hot einsum and no [E, C] padding.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import jax.numpy as jnp
 
 from moe_jax.layers.mlp import swiglu
 from moe_jax.moe.dropless import dropless, stable_sort_by_expert
-from moe_jax.moe.permutation import combine, permute
-from moe_jax.quant.fp8 import expert_matmul
 
 
 class ExpertWeights(NamedTuple):
@@ -71,38 +69,25 @@ def rank_within_expert(flat_expert, num_experts: int):
 
 def capacity(x, expert_index, combine_weights, experts: ExpertWeights, capacity_factor=1.25, *,
              fp8: bool = False):
-    """Capacity-limited dispatch by gather/scatter into [E, C, D] expert buffers."""
-    num_tokens, d_model = x.shape
+    """Capacity-limited dispatch: decide which assignments fit, run only those.
+
+    Each expert keeps its first C assignments, first choices of every token before second
+    choices; the kept ones run through the dropless engine's grouped matmul, and the
+    dropped ones get no buffer row at all. So capacity costs at most what dropless costs:
+    padding every expert to C rows ([E, C, D] buffers and batched einsums) would cost
+    1.6x a dense MLP of the same active FLOPs at factor 1.25 on CPU before any dispatch.
+    """
+    num_tokens = x.shape[0]
     top_k = expert_index.shape[1]
     num_experts = experts.gate.shape[0]
     cap = expert_capacity(num_tokens, top_k, num_experts, capacity_factor)
 
     # k-major order: every token's first choice claims a slot before any second choice.
-    flat_expert = expert_index.T.reshape(-1)  # [N]
-    flat_token = jnp.tile(jnp.arange(num_tokens, dtype=jnp.int32), top_k)  # [N]
-    rank, _ = rank_within_expert(flat_expert, num_experts)
-    kept = rank < cap
-    slot = jnp.where(kept, flat_expert * cap + rank, num_experts * cap)  # dropped -> out of range
-
-    # Which token (and which token-major assignment s K + k) fills each slot; empty slots
-    # hold token S and assignment N, and read as zeros.
-    slot_token = jnp.full((num_experts * cap,), num_tokens, jnp.int32)
-    slot_token = slot_token.at[slot].set(flat_token, mode="drop")
-    flat_k = jnp.repeat(jnp.arange(top_k, dtype=jnp.int32), num_tokens)  # [N]
-    slot_assignment = jnp.full((num_experts * cap,), num_tokens * top_k, jnp.int32)
-    slot_assignment = slot_assignment.at[slot].set(flat_token * top_k + flat_k, mode="drop")
-    assignment_slot = slot.reshape(top_k, num_tokens).T  # [S, K], E * C where dropped
-    # Gathers whose backwards are gathers too (see permutation.py): XLA's own transposes
-    # are scatter-adds into zero-filled [S, D] and [E * C, D] buffers, slow on CPU.
-    buffers = permute(x, slot_token, assignment_slot).reshape(num_experts, cap, d_model)  # [E, C, D]
-
-    h = jax.nn.silu(expert_matmul(buffers, experts.gate, fp8=fp8)) * expert_matmul(
-        buffers, experts.up, fp8=fp8)  # [E, C, D] @ [E, D, F] -> [E, C, F]
-    out = expert_matmul(h, experts.down, fp8=fp8).reshape(num_experts * cap, d_model)  # [E*C, D]
-
-    y = combine(out, combine_weights, assignment_slot, slot_token, slot_assignment)  # [S, D] f32
-    num_dropped = jnp.sum(~kept).astype(jnp.int32)
-    return y.astype(x.dtype), num_dropped
+    rank, _ = rank_within_expert(expert_index.T.reshape(-1), num_experts)
+    kept = (rank < cap).reshape(top_k, num_tokens).T  # [S, K]
+    routed = jnp.where(kept, expert_index, num_experts)  # num_experts: no row (dropless.sort_by_expert)
+    y, _ = dropless(x, routed, combine_weights, experts, fp8=fp8)
+    return y, jnp.sum(~kept).astype(jnp.int32)
 
 
 ENGINES: dict[str, Callable] = {

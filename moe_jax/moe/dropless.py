@@ -90,26 +90,36 @@ def stable_sort_by_expert(flat_expert, num_experts: int):
 
 def sort_by_expert(expert_index, num_experts: int, align: int = 1) -> SortedLayout:
     """expert_index: [S, K] -> SortedLayout of a buffer whose expert blocks are padded to
-    multiples of `align` rows (align=1: no padding, R = N)."""
+    multiples of `align` rows (align=1: no padding, R = N).
+
+    An entry equal to `num_experts` marks an assignment that gets no row (the capacity
+    engine's dropped assignments): its assignment_row is R, and it reads as zeros.
+    """
     num_tokens, top_k = expert_index.shape
     n = num_tokens * top_k
     num_rows = num_buffer_rows(n, num_experts, align)
     flat_expert = expert_index.reshape(n).astype(jnp.int32)  # [N], n = s K + k
 
-    order, sorted_expert = stable_sort_by_expert(flat_expert, num_experts)  # [N], [N]
+    # num_experts + 1 groups: the unrouted marker sorts after every expert.
+    order, sorted_expert = stable_sort_by_expert(flat_expert, num_experts + 1)  # [N], [N]
     group_sizes = jnp.bincount(flat_expert, length=num_experts).astype(jnp.int32)  # [E]
     group_start = jnp.cumsum(group_sizes) - group_sizes  # [E]
     block_rows = (group_sizes + align - 1) // align * align  # [E]
     block_start = jnp.cumsum(block_rows) - block_rows  # [E]
 
     # The i-th assignment in sorted order is number i - group_start of its expert.
-    row_of_sorted = block_start[sorted_expert] + jnp.arange(n, dtype=jnp.int32) - group_start[sorted_expert]
+    # Unrouted ones get distinct rows past the end, which the scatters below drop.
+    routed = sorted_expert < num_experts
+    expert = jnp.minimum(sorted_expert, num_experts - 1)
+    position = jnp.arange(n, dtype=jnp.int32)
+    row_of_sorted = jnp.where(routed, block_start[expert] + position - group_start[expert],
+                              num_rows + position)
     flat_row = jnp.zeros((n,), jnp.int32).at[order].set(row_of_sorted, unique_indices=True)  # [N]
     row_assignment = jnp.full((num_rows,), n, jnp.int32).at[row_of_sorted].set(
-        order, unique_indices=True)  # [R]
+        order, mode="drop", unique_indices=True)  # [R]
     row_token = jnp.where(row_assignment < n, row_assignment // top_k, num_tokens)  # [R]
     return SortedLayout(
-        assignment_row=flat_row.reshape(num_tokens, top_k),
+        assignment_row=jnp.minimum(flat_row, num_rows).reshape(num_tokens, top_k),
         row_token=row_token,
         row_assignment=row_assignment,
         group_sizes=group_sizes,

@@ -28,14 +28,17 @@ def test_capacity_equals_reference_when_nothing_dropped(all_to):
     assert int(dropped) == 0
     np.testing.assert_allclose(y, y_ref, atol=1e-5)
 
+    # A fixed random cotangent: sum(y ** 2) would weight rows by their own size.
+    cotangent = jax.random.normal(jax.random.PRNGKey(7), y.shape)
+
     def loss(engine, *args):
-        return jnp.sum(engine(*args)[0] ** 2)
+        return jnp.sum(engine(*args)[0] * cotangent)
 
     grads_ref = jax.grad(lambda *a: loss(dispatch.reference, *a), argnums=(0, 2, 3))(x, index, weights, experts)
     grads = jax.grad(lambda *a: loss(lambda *b: dispatch.capacity(*b, 4.0), *a),
                      argnums=(0, 2, 3))(x, index, weights, experts)
     for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
-        np.testing.assert_allclose(g, g_ref, atol=1e-5)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_capacity_drops_exactly_the_overflow():
@@ -63,6 +66,31 @@ def test_first_choices_win_capacity_before_second_choices():
     y_ref, _ = dispatch.reference(x, index, weights, experts)
     np.testing.assert_allclose(y[:2], y_ref[:2], atol=1e-5)
     np.testing.assert_array_equal(y[2:], 0.0)
+
+
+def test_capacity_gradients_skip_dropped_assignments():
+    # Half the assignments overflow: the kept ones match the reference with the dropped
+    # weights zeroed, values and gradients alike, and the dropped weights get zero gradient.
+    x, index, weights, experts = make_problem(all_to=3)
+    y, dropped = dispatch.capacity(x, index, weights, experts, 1.0)
+    rank, _ = dispatch.rank_within_expert(index.T.reshape(-1), 8)
+    kept = (rank < dispatch.expert_capacity(48, 2, 8, 1.0)).reshape(2, 48).T
+    assert int(dropped) == int(jnp.sum(~kept)) > 0
+    masked = jnp.where(kept, weights, 0.0)
+    y_ref, _ = dispatch.reference(x, index, masked, experts)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+
+    cotangent = jax.random.normal(jax.random.PRNGKey(7), y.shape)
+
+    def loss(fn, w, e):
+        return jnp.sum(fn(x, index, w, e)[0] * cotangent)
+
+    g = jax.grad(lambda w, e: loss(lambda *a: dispatch.capacity(*a, 1.0), w, e), argnums=(0, 1))(weights, experts)
+    g_ref = jax.grad(lambda w, e: loss(dispatch.reference, w, e), argnums=(0, 1))(masked, experts)
+    np.testing.assert_array_equal(np.asarray(g[0])[~np.asarray(kept)], 0.0)
+    np.testing.assert_allclose(np.where(kept, g[0], 0.0), np.where(kept, g_ref[0], 0.0), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g[1]), jax.tree.leaves(g_ref[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_rank_within_expert():
