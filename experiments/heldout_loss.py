@@ -21,10 +21,8 @@ from moe_jax.config import load_config
 from moe_jax.data.pipeline import train_dataset
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.transformer import Transformer
-from moe_jax.train.checkpoint import Checkpointer
-from moe_jax.train.loop import _load_data
-from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
-from moe_jax.train.state import create_train_state
+from moe_jax.train.checkpoint import restore_trained_state
+from moe_jax.train.loop import load_data
 from moe_jax.train.step import forward_with_loss
 
 
@@ -39,13 +37,10 @@ def main():
     a = p.parse_args()
     config = load_config(a.config, a.override)
     model = Transformer(config.model)
-    template = create_train_state(model, make_optimizer(default_optimizer_config()),
-                                  jax.random.PRNGKey(0), 8)
-    restored = Checkpointer(a.workdir, async_save=False).restore_latest(template)
-    if restored is None:
+    state = restore_trained_state(a.workdir, model)
+    if state is None:
         raise SystemExit(f"no readable checkpoint in {a.workdir}")
-    state = restored[0]
-    _, test_source = _load_data(config, a.workdir)
+    _, test_source = load_data(config, a.workdir)
     batches = iter(train_dataset(test_source, get_tokenizer(config.data.tokenizer),
                                  global_batch_size=a.batch_size, seq_len=config.data.seq_len,
                                  seed=a.seed, num_epochs=1))

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import re
 
+from moe_jax.analysis.figures import new_axes, save
+
 
 def plot_scaling(results: dict, path: str, title: str = "GRM inference-time scaling"):
     """Voting@k and MetaRM@k against k (log2 axis), after RFT and after RFT + RL, with
     the greedy and random-pick levels as horizontal lines. Writes a PNG to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_axes()
     styles = {"rft": ("tab:blue", "after RFT"), "rft_rl": ("tab:red", "after RFT + RL")}
     for stage, (color, label) in styles.items():
         if stage not in results:
@@ -33,7 +30,4 @@ def plot_scaling(results: dict, path: str, title: str = "GRM inference-time scal
     ax.set_ylabel("held-out best-response accuracy")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from moe_jax.analysis.figures import new_axes, save
 from moe_jax.train.metrics import read_metrics
 
 
@@ -32,13 +33,8 @@ def curves(workdir: str) -> dict[str, list[tuple[float, float]]]:
 
 def plot_grpo(workdir: str, path: str, title: str = "GRPO from the SFT model") -> str:
     """Write a PNG of held-out exact match (and the smoothed training accuracy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in CI
-    import matplotlib.pyplot as plt
-
     c = curves(workdir)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_axes()
     if c["correct"]:
         t, y = zip(*c["correct"])
         window = max(1, len(y) // 30)
@@ -53,10 +49,7 @@ def plot_grpo(workdir: str, path: str, title: str = "GRPO from the SFT model") -
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 if __name__ == "__main__":

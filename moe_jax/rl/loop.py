@@ -40,11 +40,12 @@ from moe_jax.rl.learner import make_grpo_step
 from moe_jax.rl.policy import make_scorer, scoring_model
 from moe_jax.rl.rewards import task_rewards
 from moe_jax.rl.rollout import sample_groups
-from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.checkpoint import Checkpointer, restore_trained_state
 from moe_jax.train.evaluate import exact_match
-from moe_jax.train.loop import NonFiniteLossError, _load_data, train_and_evaluate
+from moe_jax.train.loop import (NonFiniteLossError, load_data, optimizer_config, resume,
+                                train_and_evaluate)
 from moe_jax.train.metrics import MetricsWriter, Progress, read_metrics
-from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
+from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.state import create_train_state
 
 def validate_rl_config(config: ml_collections.ConfigDict):
@@ -127,12 +128,9 @@ def _load_sft(model, sft_dir: str, log):
     if os.path.exists(os.path.join(sft_dir, MODEL_CONFIG_FILE)):
         params, router_bias, _, _ = load_converted(sft_dir)
         return params, router_bias
-    template = create_train_state(model, make_optimizer(default_optimizer_config()),
-                                  jax.random.PRNGKey(0), 8)
-    restored = Checkpointer(sft_dir, keep=1000, async_save=False, log=log).restore_latest(template)
-    if restored is None:
+    state = restore_trained_state(sft_dir, model, log)
+    if state is None:
         raise FileNotFoundError(f"rl.init_from: no readable checkpoint in {sft_dir}")
-    state = restored[0]
     return state.params, state.router_bias
 
 
@@ -172,16 +170,14 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, 
     task = config.data.task
     tokenizer = get_tokenizer(config.data.tokenizer)
     reward_fn = reward_fn or configured_reward(config, tokenizer)
-    train_source, test_source = _load_data(config, workdir)
+    train_source, test_source = load_data(config, workdir)
     task_spec = get_task(task)
 
     init_dir = _sft_workdir(config, workdir, log)
     m = _converted_model_config(init_dir, m)
     policy = Transformer(m)
     ref_params, router_bias = _load_sft(policy, init_dir, log)
-    opt_config = config.optimizer.copy_and_resolve_references()
-    if opt_config.total_steps <= 0:
-        opt_config.total_steps = t.steps
+    opt_config = optimizer_config(config)
     optimizer, score, update = _compiled(ml_collections.FrozenConfigDict(m),
                                          ml_collections.FrozenConfigDict(opt_config), grpo_config(config))
     state = create_train_state(policy, optimizer, jax.random.PRNGKey(t.seed), 8)
@@ -191,11 +187,7 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, 
                           router_bias=router_bias)
     prompts = _prompt_iterator(train_source, t.seed)
     checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint, log=log)
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-        state, data_state, _ = restored
-        prompts.set_state(data_state)
-        log(f"resumed GRPO from step {int(state.step)} in {workdir}")
+    state = resume(checkpointer, state, prompts, workdir, log, what="GRPO ")
     start_step = int(state.step)
 
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)

@@ -25,6 +25,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
+from moe_jax.train.state import create_train_state
+
 CHECKSUM_DIR = "checksums"
 
 
@@ -121,9 +124,14 @@ class Checkpointer:
         self.manager.close()
         self._open()
 
-    def restore_latest(self, abstract_state) -> tuple[Any, dict, dict] | None:
-        """-> (state, data_state, extra) of the newest readable checkpoint, or None."""
+    def restore_latest(self, abstract_state, quarantine: bool = True) -> tuple[Any, dict, dict] | None:
+        """-> (state, data_state, extra) of the newest readable checkpoint, or None.
+
+        quarantine=False is for readers of someone else's run: an unreadable step (which
+        may only mean the reader's model config differs) is reported and left in place.
+        """
         self._finish_pending()
+        errors = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 self._verify(step)
@@ -135,5 +143,29 @@ class Checkpointer:
                 jax.block_until_ready(state)
                 return state, dict(restored["data"] or {}), dict(restored["extra"] or {})
             except Exception as error:  # noqa: BLE001 - any failure to read means corrupt
-                self._quarantine(step, f"{type(error).__name__}: {str(error)[:200]}")
+                reason = f"{type(error).__name__}: {str(error)[:200]}"
+                if quarantine:
+                    self._quarantine(step, reason)
+                else:
+                    errors.append(f"step {step}: {reason}")
+        if errors:
+            raise CorruptCheckpointError(f"no checkpoint in {self.directory} matches the model "
+                                         f"or reads back: {'; '.join(errors)}")
         return None
+
+
+def restore_trained_state(workdir: str, model, log=print):
+    """The TrainState of the newest good checkpoint in a training workdir, or None.
+
+    For readers of a finished run (evaluation, RL from an SFT run, a distillation
+    teacher) that have no optimizer of their own: the template uses the default AdamW,
+    whose state has the same structure as every optimizer `make_optimizer` builds.
+    Nothing is moved or deleted: a checkpoint this model cannot read raises
+    CorruptCheckpointError naming each step and why.
+    """
+    template = create_train_state(model, make_optimizer(default_optimizer_config()),
+                                  jax.random.PRNGKey(0), 8)
+    checkpointer = Checkpointer(workdir, keep=1000, async_save=False, log=log)
+    restored = checkpointer.restore_latest(template, quarantine=False)
+    checkpointer.close()
+    return None if restored is None else restored[0]

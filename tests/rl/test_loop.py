@@ -9,11 +9,9 @@ from moe_jax.config import load_config
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.rl import loop
-from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.checkpoint import restore_trained_state
 from moe_jax.train.loop import train_and_evaluate
 from moe_jax.train.metrics import read_metrics
-from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
-from moe_jax.train.state import create_train_state
 
 MICRO = [
     "model.d_model=32", "model.num_layers=2", "model.dense_ffn=64", "model.num_heads=2",
@@ -51,9 +49,7 @@ def grpo_config(sft_dir, data_dir, extra=()):
 
 
 def final_params(config, workdir):
-    template = create_train_state(Transformer(config.model), make_optimizer(default_optimizer_config()),
-                                  jax.random.PRNGKey(0), 8)
-    state, _, _ = Checkpointer(workdir, async_save=False, log=lambda *_: None).restore_latest(template)
+    state = restore_trained_state(workdir, Transformer(config.model), log=lambda *_: None)
     return int(state.step), jax.tree.map(np.asarray, state.params)
 
 

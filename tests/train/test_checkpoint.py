@@ -3,7 +3,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.checkpoint import Checkpointer, CorruptCheckpointError
 
 
 def state_at(step):
@@ -38,3 +38,20 @@ def test_corrupt_newest_checkpoint_is_quarantined_and_older_one_restored(tmp_pat
 
 def test_no_checkpoint_restores_none(tmp_path):
     assert Checkpointer(str(tmp_path)).restore_latest(state_at(0)) is None
+
+
+def test_a_reader_with_the_wrong_shapes_gets_an_error_and_moves_nothing(tmp_path):
+    ckpt = Checkpointer(str(tmp_path), keep=3, async_save=False, log=lambda *_: None)
+    ckpt.save(5, state_at(5), {"pos": 5})
+    ckpt.close()
+    wrong = {"w": jnp.zeros((8, 8)), "step": jnp.array(0)}
+    reader = Checkpointer(str(tmp_path), log=lambda *_: None)
+    try:
+        reader.restore_latest(wrong, quarantine=False)
+    except CorruptCheckpointError as error:
+        assert "step 5" in str(error)
+    else:
+        raise AssertionError("a mismatched template must not read back")
+    assert (tmp_path / "checkpoints" / "5").exists() and not (tmp_path / "corrupt").exists()
+    state, data, _ = reader.restore_latest(state_at(0), quarantine=False)
+    np.testing.assert_array_equal(state["w"], np.full((4, 4), 5.0))

@@ -1,0 +1,1 @@
+"""Reading results: figures drawn from runs."""
