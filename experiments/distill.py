@@ -15,6 +15,13 @@ Both are scored by held-out exact match (greedy decoding, the task's verifier).
 
     python -m moe_jax.main --config=experiments/distill.py:tiny --workdir=/tmp/distill
 
+`arith` distils the README's main job (experiments/pretrain_arith.py:tiny, 2-3 operands
+of up to 3 digits) into the same student, on the main job's data:
+
+    python -m moe_jax.main --config=experiments/pretrain_arith.py:tiny --workdir=runs/arith
+    python -m moe_jax.main --config=experiments/distill.py:arith --workdir=runs/distill_arith \
+        --config.distill.teacher_workdir=runs/arith
+
 `--config.distill.teacher_checkpoint=DIR` reads the teacher from a `save_model`
 directory (e.g. the pretrained model of experiments/lora_shift.py, which is this teacher
 trained the same way) instead of training it. `sweep()` varies alpha and the schedule.
@@ -30,6 +37,7 @@ import time
 import jax
 import ml_collections
 
+from moe_jax.config import load_config
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.distill.schedule import temperature_schedule
 from moe_jax.distill.step import make_distill_train_step
@@ -37,6 +45,7 @@ from moe_jax.models.config import validate_model_config
 from moe_jax.models.param_count import count_parameters
 from moe_jax.models.transformer import Transformer
 from moe_jax.moe.router import BIAS_COLLECTION
+from moe_jax.train.checkpoint import restore_trained_state
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
 
@@ -55,9 +64,17 @@ def _lora_shift():
 def get_config(arg=None):
     variant = arg or "tiny"
     small = variant == "runlocal"
-    c = _lora_shift().get_config(variant)
+    if variant not in ("tiny", "runlocal", "arith"):
+        raise ValueError(f"variant {variant!r}: expected one of tiny, runlocal, arith")
+    c = _lora_shift().get_config("tiny" if variant == "arith" else variant)
     c.experiment = "experiments.distill"
     del c["finetune"], c["lora"], c.data["shifted_difficulty"]
+    if variant == "arith":  # the README's main job is the teacher: same model, data, batch
+        main_job = load_config(_lora_shift().PRETRAIN_FILE + ":tiny")
+        c.model, c.data = main_job.model, main_job.data
+        c.train.batch_size = main_job.train.batch_size
+        c.optimizer = main_job.optimizer
+        c.eval.max_new_tokens = main_job.eval.max_new_tokens
     c.student_model = c.model.copy_and_resolve_references()
     c.student_model.num_layers, c.student_model.num_dense_layers = (1, 0) if small else (2, 1)
     c.student_model.num_experts, c.student_model.top_k = 4, 2
@@ -65,7 +82,11 @@ def get_config(arg=None):
     c.distill = ml_collections.ConfigDict()
     c.distill.teacher_steps = 6 if small else 400
     c.distill.student_steps = 3 if small else 200
+    if variant == "arith":  # the teacher comes from --config.distill.teacher_workdir
+        c.distill.teacher_steps = main_job.train.steps
+        c.distill.student_steps = 1200
     c.distill.teacher_checkpoint = ""  # a save_model directory; empty: train the teacher
+    c.distill.teacher_workdir = ""  # or the workdir of a training run of the teacher's config
     c.distill.alpha = 0.5
     c.distill.schedule = "linear"
     c.distill.tau_start = 5.0
@@ -84,6 +105,13 @@ def sweep():
 def _teacher(c, workdir, tokenizer, train_source, helpers, log):
     model = Transformer(c.model)
     loaded = None
+    if c.distill.teacher_workdir:
+        state = restore_trained_state(c.distill.teacher_workdir, model, log)
+        if state is None:
+            raise FileNotFoundError(f"distill.teacher_workdir = {c.distill.teacher_workdir!r}: "
+                                    "no checkpoint there")
+        log(f"teacher read from {c.distill.teacher_workdir} (step {int(state.step)})")
+        return model, state.params, state.router_bias, 0.0
     if c.distill.teacher_checkpoint:
         loaded = helpers.load_model(c.distill.teacher_checkpoint, model, c.data.seq_len)
         if loaded is None:
@@ -109,7 +137,7 @@ def run(c, workdir, log=print) -> dict:
     helpers = _lora_shift()
     validate_model_config(c.student_model)
     d = c.distill
-    if d.student_steps >= d.teacher_steps and not d.teacher_checkpoint:
+    if d.student_steps >= d.teacher_steps and not (d.teacher_checkpoint or d.teacher_workdir):
         raise ValueError(f"distill.student_steps = {d.student_steps}: expected fewer than "
                          f"distill.teacher_steps = {d.teacher_steps} (the teacher trains longer)")
     t0 = time.time()

@@ -11,6 +11,13 @@
 
     python -m moe_jax.main --config=experiments/lora_shift.py:tiny --workdir=/tmp/lora_shift
 
+`arith` starts from the README's main job instead (2-3 operands of up to 3 digits) and
+shifts to 4 such operands:
+
+    python -m moe_jax.main --config=experiments/pretrain_arith.py:tiny --workdir=runs/arith
+    python -m moe_jax.main --config=experiments/lora_shift.py:arith --workdir=runs/lora_arith \
+        --config.finetune.base_workdir=runs/arith
+
 `sweep()` varies the LoRA rank and targets. `runlocal` is a seconds-long smoke variant.
 """
 
@@ -33,7 +40,7 @@ from moe_jax.lora.step import create_lora_state, make_lora_train_step
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.evaluate import exact_match
 from moe_jax.train.optimizer import make_optimizer
-from moe_jax.train.checkpoint import Checkpointer
+from moe_jax.train.checkpoint import Checkpointer, restore_trained_state
 from moe_jax.train.state import create_train_state, init_variables
 from moe_jax.train.step import make_train_step
 
@@ -42,8 +49,10 @@ PRETRAIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretra
 
 def get_config(arg=None):
     variant = arg or "tiny"
-    if variant not in ("tiny", "runlocal"):
-        raise ValueError(f"variant {variant!r}: expected one of tiny, runlocal")
+    if variant not in ("tiny", "runlocal", "arith"):
+        raise ValueError(f"variant {variant!r}: expected one of tiny, runlocal, arith")
+    if variant == "arith":
+        return _arith_config()
     c = load_config(PRETRAIN_FILE + ":tiny")
     c.experiment = "experiments.lora_shift"
     small = variant == "runlocal"
@@ -68,12 +77,29 @@ def get_config(arg=None):
     c.finetune.full_learning_rate = 1e-3
     c.finetune.lora_learning_rate = 5e-3  # adapters start at zero and need a larger step
     c.finetune.warmup_steps = 1 if small else 20
+    c.finetune.base_workdir = ""  # a training run of c.model to start from; empty: pretrain here
     c.lora = default_lora_config()
     c.lora.rank, c.lora.alpha = 8, 16.0
 
     c.eval.num_examples = 8 if small else 500
     c.eval.batch_size = 8 if small else 250
     c.eval.max_new_tokens = 16 if small else 48
+    return c
+
+
+def _arith_config():
+    """The README's main job (pretrain_arith `tiny`: 2-3 operands of up to 3 digits) as the
+    base, read from --config.finetune.base_workdir; the shift is to 4 such operands."""
+    c = get_config("tiny")
+    main_job = load_config(PRETRAIN_FILE + ":tiny")
+    c.model, c.optimizer = main_job.model, main_job.optimizer
+    c.data.difficulty = main_job.data.difficulty
+    c.data.shifted_difficulty = ml_collections.ConfigDict(
+        {"min_operands": 4, "max_operands": 4, "max_digits": 3})
+    c.data.num_train, c.data.num_test = main_job.data.num_train, 500
+    c.train.batch_size, c.train.steps = main_job.train.batch_size, main_job.train.steps
+    c.finetune.steps, c.finetune.warmup_steps = 300, 30
+    c.eval.max_new_tokens = 64
     return c
 
 
@@ -127,7 +153,7 @@ def load_model(directory, model, seq_len):
         return None
     params, router_bias, _ = init_variables(model, jax.random.PRNGKey(0), seq_len)
     checkpointer = Checkpointer(directory, keep=1, async_save=False, log=lambda *_: None)
-    restored = checkpointer.restore_latest({"params": params, "router_bias": router_bias})
+    restored = checkpointer.restore_latest({"params": params, "router_bias": router_bias}, quarantine=False)
     checkpointer.close()
     return None if restored is None else (restored[0]["params"], restored[0]["router_bias"])
 
@@ -147,15 +173,23 @@ def run(c, workdir, log=print) -> dict:
     pre_train, pre_test = _data(c, c.data.difficulty, workdir)
     shift_train, shift_test = _data(c, c.data.shifted_difficulty, workdir)
 
-    # 1. Pretraining on 2-3 operands.
-    opt = _optimizer(c, c.optimizer.learning_rate, c.train.steps, c.optimizer.warmup_steps,
-                     c.optimizer.weight_decay)
-    state = create_train_state(model, opt, jax.random.PRNGKey(c.train.seed), c.data.seq_len)
-    step = jax.jit(make_train_step(model, opt), donate_argnums=0)
-    state, _, pre_seconds = _train(step, state, _batches(c, pre_train, tokenizer, 0), c.train.steps,
-                                   "pretrain", log)
+    # 1. Pretraining on 2-3 operands, or reading a run that did it.
+    if c.finetune.base_workdir:
+        state = restore_trained_state(c.finetune.base_workdir, model, log)
+        if state is None:
+            raise FileNotFoundError(f"finetune.base_workdir = {c.finetune.base_workdir!r}: no checkpoint there")
+        pre_seconds = 0.0
+        log(f"base model read from {c.finetune.base_workdir} (step {int(state.step)})")
+    else:
+        opt = _optimizer(c, c.optimizer.learning_rate, c.train.steps, c.optimizer.warmup_steps,
+                         c.optimizer.weight_decay)
+        state = create_train_state(model, opt, jax.random.PRNGKey(c.train.seed), c.data.seq_len)
+        step = jax.jit(make_train_step(model, opt), donate_argnums=0)
+        state, _, pre_seconds = _train(step, state, _batches(c, pre_train, tokenizer, 0), c.train.steps,
+                                       "pretrain", log)
     base, router_bias = jax.device_get(state.params), jax.device_get(state.router_bias)
-    save_model(os.path.join(workdir, "pretrained"), c.train.steps, base, router_bias)
+    if not c.finetune.base_workdir:
+        save_model(os.path.join(workdir, "pretrained"), c.train.steps, base, router_bias)
     pre_acc, _ = _accuracy(c, base, router_bias, pre_test, tokenizer)
     before, count = _accuracy(c, base, router_bias, shift_test, tokenizer)
     log(f"pretrained: {pre_acc:.1%} on 2-3 operands, {before:.1%} on 4 operands")

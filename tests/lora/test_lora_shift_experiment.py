@@ -24,3 +24,15 @@ def test_lora_shift_runlocal_reports_both_accuracies_and_optimizer_bytes(tmp_pat
     assert 0 < summary["lora_optimizer_bytes"] < summary["full_optimizer_bytes"] / 2
     assert (tmp_path / "summary.json").exists() and (tmp_path / "pretrained").is_dir()
     assert len(load_experiment("experiments/lora_shift.py").sweep()) == 5
+
+
+def test_arith_variant_starts_from_the_main_job_and_names_a_missing_base(tmp_path):
+    main_job = load_config("experiments/pretrain_arith.py:tiny")
+    config = load_config("experiments/lora_shift.py:arith")
+    assert config.model == main_job.model and config.data.difficulty == main_job.data.difficulty
+    assert config.data.shifted_difficulty.min_operands == 4
+
+    config = load_config("experiments/lora_shift.py:runlocal")
+    config.finetune.base_workdir = str(tmp_path / "no_run_here")
+    with pytest.raises(FileNotFoundError, match="finetune.base_workdir"):
+        load_experiment("experiments/lora_shift.py").run(config, str(tmp_path / "work"), log=lambda *_: None)
