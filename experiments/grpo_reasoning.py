@@ -14,6 +14,8 @@ With rl.init_from empty the run first trains experiments/sft_reasoning.py:tiny i
 
 Variants:
   tiny   arithmetic on 2 CPU cores (the SFT model of sft_reasoning.py:tiny)
+  arith  2-3 operand arithmetic on 2 CPU cores, from sft_reasoning.py:arith (the main
+         job's recipe on a shorter schedule)
   hf     one accelerator, starting from an imported Hugging Face DeepSeek checkpoint:
          moe-jax convert --from-hf HF_DIR --to CKPT, then
          --config.rl.init_from=CKPT --config.data.tokenizer=HF_DIR/tokenizer.json
@@ -27,23 +29,25 @@ import ml_collections
 from moe_jax.config import load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("tiny", "hf")
+VARIANTS = ("tiny", "arith", "hf")
 
 
 def get_config(arg=None):
     variant = arg or "tiny"
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
-    sft = f"{os.path.join(HERE, 'sft_reasoning.py')}:{'tiny' if variant == 'tiny' else 'small'}"
+    sft_variant = {"tiny": "tiny", "arith": "arith"}.get(variant, "small")
+    sft = f"{os.path.join(HERE, 'sft_reasoning.py')}:{sft_variant}"
     c = load_config(sft)
     c.experiment = "moe_jax.rl.loop"
 
     c.rl = ml_collections.ConfigDict()
-    c.rl.sft_config = sft if variant == "tiny" else ""
+    small = variant != "hf"  # the CPU variants
+    c.rl.sft_config = sft if small else ""
     c.rl.init_from = ""  # an SFT workdir or a `moe-jax convert` directory; "" = train SFT first
     c.rl.group_size = 8  # G
-    c.rl.prompt_len = 16 if variant == "tiny" else 128
-    c.rl.max_new_tokens = 40 if variant == "tiny" else 512
+    c.rl.prompt_len = 16 if small else 128
+    c.rl.max_new_tokens = 40 if small else 512
     c.rl.temperature = 1.0  # sample from pi_theta itself, so pi_old is the sampler
     c.rl.eps_low, c.rl.eps_high = 0.2, 0.28  # DAPO's clip-higher
     c.rl.beta = 0.001  # KL weight (DeepSeek-R1-Zero)
@@ -57,10 +61,10 @@ def get_config(arg=None):
     c.rl.grm_temperature = 0.5
 
     c.train.steps = 1000
-    c.train.batch_size = 16 if variant == "tiny" else 64  # prompts per step
+    c.train.batch_size = 16 if small else 64  # prompts per step
     c.train.log_every = 1
     c.train.checkpoint_every = 50
-    c.optimizer.learning_rate = 5e-5 if variant == "tiny" else 1e-6
+    c.optimizer.learning_rate = 5e-5 if small else 1e-6
     c.optimizer.warmup_steps = 10
     c.optimizer.total_steps = -1
     c.optimizer.end_lr_ratio = 1.0  # constant after warmup
