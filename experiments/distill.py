@@ -66,11 +66,12 @@ def get_config(arg=None):
     small = variant == "runlocal"
     if variant not in ("tiny", "runlocal", "arith"):
         raise ValueError(f"variant {variant!r}: expected one of tiny, runlocal, arith")
-    c = _lora_shift().get_config("tiny" if variant == "arith" else variant)
+    lora_shift = _lora_shift()
+    c = lora_shift.get_config("tiny" if variant == "arith" else variant)
     c.experiment = "experiments.distill"
     del c["finetune"], c["lora"], c.data["shifted_difficulty"]
     if variant == "arith":  # the README's main job is the teacher: same model, data, batch
-        main_job = load_config(_lora_shift().PRETRAIN_FILE + ":tiny")
+        main_job = load_config(lora_shift.PRETRAIN_FILE + ":tiny")
         c.model, c.data = main_job.model, main_job.data
         c.train.batch_size = main_job.train.batch_size
         c.optimizer = main_job.optimizer
