@@ -16,6 +16,9 @@ Variants:
   tiny   arithmetic on 2 CPU cores (the SFT model of sft_reasoning.py:tiny)
   arith  2-3 operand arithmetic on 2 CPU cores, from sft_reasoning.py:arith (the main
          job's recipe on a shorter schedule)
+  slip   2-3 operand arithmetic on 2 CPU cores, from sft_reasoning.py:slip: an SFT
+         model that learnt a flawed teacher's forgotten carries, which the verifier's
+         reward can teach away
   hf     one accelerator, starting from an imported Hugging Face DeepSeek checkpoint:
          moe-jax convert --from-hf HF_DIR --to CKPT, then
          --config.rl.init_from=CKPT --config.data.tokenizer=HF_DIR/tokenizer.json
@@ -29,14 +32,14 @@ import ml_collections
 from moe_jax.config import load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("tiny", "arith", "hf")
+VARIANTS = ("tiny", "arith", "slip", "hf")
 
 
 def get_config(arg=None):
     variant = arg or "tiny"
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
-    sft_variant = {"tiny": "tiny", "arith": "arith"}.get(variant, "small")
+    sft_variant = variant if variant != "hf" else "small"
     sft = f"{os.path.join(HERE, 'sft_reasoning.py')}:{sft_variant}"
     c = load_config(sft)
     c.experiment = "moe_jax.rl.loop"

@@ -10,6 +10,8 @@ improve.
 
 Variants: `tiny` (arithmetic, 2 CPU cores), `countdown_tiny` (Countdown, 2 CPU cores),
 `arith` (the main job's 2-3 operand problems and recipe, 1000 steps, 2 CPU cores),
+`slip` (the main job, fully trained, on solutions from a flawed teacher that forgets the
+units carry or borrow at 70% of steps; the answers it is judged on stay right),
 `small` (arithmetic, one accelerator; the model of pretrain_arith.py:small).
 """
 
@@ -21,7 +23,7 @@ from moe_jax.config import load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-VARIANTS = ("tiny", "countdown_tiny", "arith", "small")
+VARIANTS = ("tiny", "countdown_tiny", "arith", "slip", "small")
 
 
 def get_config(arg=None):
@@ -34,6 +36,11 @@ def get_config(arg=None):
         # The README's main job (2-3 operands, batch 16) on a shorter schedule: annealed,
         # but stopped while it is still often wrong.
         c.train.steps = 1000
+    elif variant == "slip":
+        # The whole main-job schedule: the model learns the teacher's arithmetic well,
+        # slip included. Greedy decoding then always forgets the carry (the teacher's
+        # likelier choice), so it is right only on problems without one.
+        c.data.difficulty.carry_slip = 0.7
     elif base == "tiny":
         # The recipe the recorded SFT and GRPO figures were measured with (RESULTS.md);
         # pretrain_arith's own tiny default has since moved to batch 16 and dropless.

@@ -30,6 +30,13 @@ like any other term; a product term counts its factors' digits summed:
     12+3*45-6=   ->   3*45=5310,+2100+5310=+7410-6000=+1410>141
 
 Zero is written with "+". `verify` only reads what follows the last ">".
+
+A flawed teacher (difficulty `carry_slip` > 0): at each step of the chain, with that
+probability, the carry (or borrow) out of the units digit is forgotten, and the chain
+goes on from the wrong total as if it were right. The example's `answer` stays the true
+value, so the verifier still judges the model against the truth: a model trained on such
+solutions imitates the slip, and a verifier reward can teach it away
+(experiments/grpo_reasoning.py, `slip` variant). `carry_slip` = 0 writes exact chains.
 """
 
 from __future__ import annotations
@@ -70,8 +77,24 @@ def _reversed_fixed(value: int, width: int, signed: bool = True) -> str:
     return sign + digits[::-1]
 
 
-def worked_solution(operands: list[int], ops: list[str]) -> tuple[str, int]:
-    """(solution string, integer answer) for the expression operands/ops."""
+def _slipped_sum(total: int, term: int) -> int:
+    """total + term, but with the carry or borrow out of the units digit forgotten
+    (equal to the exact sum when that digit produces none)."""
+    if (total >= 0) == (term >= 0) or total == 0 or term == 0:  # magnitudes add
+        carry = abs(total) % 10 + abs(term) % 10 >= 10
+        return total + term - (10 if total + term > 0 else -10) * carry
+    big, small = (total, term) if abs(total) >= abs(term) else (term, total)
+    borrow = abs(big) % 10 < abs(small) % 10  # magnitudes subtract: |big| - |small|
+    return total + term + (10 if big > 0 else -10) * borrow
+
+
+def worked_solution(operands: list[int], ops: list[str], slips=()) -> tuple[str, int]:
+    """(solution string, integer answer) for the expression operands/ops.
+
+    slips[i] True makes step i + 1 of the chain forget its units carry or borrow (see
+    the module docstring); the solution then ends in the slipped total while the
+    returned answer is still exact.
+    """
     terms = _terms(operands, ops)
     widest_term = max(sum(len(str(f)) for f in factors) for _, factors in terms)
     width = widest_term + len(str(len(terms) - 1))
@@ -84,25 +107,33 @@ def worked_solution(operands: list[int], ops: list[str]) -> tuple[str, int]:
                 "*".join(map(str, factors)) + "=" + _reversed_fixed(magnitude, width, False) + ",")
         magnitudes.append(magnitude)
 
-    running = magnitudes[0]  # The first term is never negated.
+    running = written = magnitudes[0]  # The first term is never negated.
     chain = [_reversed_fixed(running, width)]
-    for (sign, _), magnitude in zip(terms[1:], magnitudes[1:]):
+    for step, ((sign, _), magnitude) in enumerate(zip(terms[1:], magnitudes[1:])):
         running += sign * magnitude
+        written += sign * magnitude
+        if step < len(slips) and slips[step]:
+            slipped = _slipped_sum(written - sign * magnitude, sign * magnitude)
+            if abs(slipped) < 10**width:  # a forgotten borrow can add a digit; keep the width
+                written = slipped
         # The operator, not the value, gives the sign: "5-0" writes "-0000".
         term = ("+" if sign > 0 else "-") + _reversed_fixed(magnitude, width, False)
-        chain.append(term + "=" + _reversed_fixed(running, width))
-    return "".join(products) + "".join(chain) + ">" + str(running), running
+        chain.append(term + "=" + _reversed_fixed(written, width))
+    return "".join(products) + "".join(chain) + ">" + str(written), running
 
 
 def generate(rng: np.random.Generator, *, min_operands: int = 2, max_operands: int = 3,
-             max_digits: int = 3, mul_prob: float = 0.0) -> Example:
+             max_digits: int = 3, mul_prob: float = 0.0, carry_slip: float = 0.0) -> Example:
     """A random expression of min..max_operands operands of 1..max_digits digits.
 
     Each operator is "*" with probability `mul_prob` (never twice in a row, so
-    products have two factors), otherwise "+" or "-" with equal chance.
+    products have two factors), otherwise "+" or "-" with equal chance. `carry_slip` is
+    the flawed teacher's probability of forgetting a units carry or borrow per step.
     """
     if not 2 <= min_operands <= max_operands:
         raise ValueError(f"need 2 <= min_operands <= max_operands, got {min_operands}, {max_operands}")
+    if not 0.0 <= carry_slip <= 1.0:
+        raise ValueError(f"carry_slip must be a probability in [0, 1], got {carry_slip}")
     num_operands = int(rng.integers(min_operands, max_operands + 1))
     operands = [_random_operand(rng, max_digits) for _ in range(num_operands)]
     ops = []
@@ -112,7 +143,9 @@ def generate(rng: np.random.Generator, *, min_operands: int = 2, max_operands: i
         else:
             ops.append("+" if rng.random() < 0.5 else "-")
     prompt = str(operands[0]) + "".join(op + str(x) for op, x in zip(ops, operands[1:])) + "="
-    solution, answer = worked_solution(operands, ops)
+    # Drawn only for a flawed teacher, so exact datasets keep their random stream.
+    slips = tuple(rng.random() < carry_slip for _ in ops) if carry_slip else ()
+    solution, answer = worked_solution(operands, ops, slips)
     return Example(prompt=prompt, solution=solution, answer=str(answer))
 
 
@@ -152,5 +185,6 @@ TASK = Task(
     generate=generate,
     verify=verify,
     canonical_key=canonical_key,
-    default_difficulty=dict(min_operands=2, max_operands=3, max_digits=3, mul_prob=0.0),
+    default_difficulty=dict(min_operands=2, max_operands=3, max_digits=3, mul_prob=0.0,
+                            carry_slip=0.0),
 )

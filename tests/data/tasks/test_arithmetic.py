@@ -88,3 +88,54 @@ def test_difficulty_is_respected():
         assert all(len(x) <= 2 for x in operands)
     with pytest.raises(ValueError):
         arithmetic.generate(np.random.default_rng(0), min_operands=1)
+
+
+def test_a_flawed_teacher_forgets_the_units_carry_or_borrow():
+    # 18+25: 8+5 carries; forgotten, the tens give 1+2 = 3 -> 33 (true 43).
+    assert arithmetic.worked_solution([18, 25], ["+"], slips=(True,)) == ("+810+520=+330>33", 43)
+    # 445-99: 5-9 borrows; forgotten, 445-99 reads 356 (true 346).
+    assert arithmetic.worked_solution([445, 99], ["-"], slips=(True,)) == (
+        "+5440-9900=+6530>356", 346)
+    # 17-23 = -(23-17): 3-7 borrows; forgotten, -16 (true -6).
+    assert arithmetic.worked_solution([17, 23], ["-"], slips=(True,)) == ("+710-320=-610>-16", -6)
+    # No carry or borrow in the units: a slip changes nothing.
+    assert arithmetic.worked_solution([12, 34], ["+"], slips=(True,)) == (
+        arithmetic.worked_solution([12, 34], ["+"]))
+    # The chain goes on from the slipped total: 18+25 -> 33, then 33+9 = 42 (8+9 carries, but
+    # only the first step slips).
+    assert arithmetic.worked_solution([18, 25, 9], ["+", "+"], slips=(True, False)) == (
+        "+810+520=+330+900=+240>42", 52)
+
+
+def _column_sum_without_units_carry(a: int, b: int) -> int:
+    """a + b for a, b >= 0 by column addition whose units carry is dropped."""
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    out, carry = [], 0
+    for i in range(max(len(digits_a), len(digits_b)) + 1):
+        column = int(digits_a[i] if i < len(digits_a) else 0) + int(
+            digits_b[i] if i < len(digits_b) else 0) + carry
+        out.append(column % 10)
+        carry = column // 10 if i > 0 else 0
+    return int("".join(map(str, out))[::-1])
+
+
+def test_slipped_additions_match_column_addition():
+    for example in _examples(400, seed=5, max_operands=2, carry_slip=1.0):
+        a, op, b = example.prompt[:-1].partition("+")
+        if not op:
+            continue
+        written = int(example.solution.rsplit(">", 1)[1])
+        assert written == _column_sum_without_units_carry(int(a), int(b)), example
+        assert int(example.answer) == int(a) + int(b)
+
+
+def test_carry_slip_keeps_true_answers_and_exact_data_unchanged():
+    flawed = _examples(400, seed=1, carry_slip=0.7)
+    exact = _examples(400, seed=1)
+    assert all(int(e.answer) == eval(e.prompt[:-1]) for e in flawed)  # noqa: S307
+    wrong = sum(not arithmetic.verify(e, e.solution) for e in flawed)
+    assert 0.15 < wrong / len(flawed) < 0.6  # ~45% of steps carry or borrow, 70% of those slip
+    assert all(arithmetic.verify(e, e.solution) for e in exact)
+    assert exact == _examples(400, seed=1, carry_slip=0.0)
+    with pytest.raises(ValueError, match="carry_slip"):
+        arithmetic.generate(np.random.default_rng(0), carry_slip=1.5)
