@@ -102,6 +102,9 @@ def get_config(arg=None):
 
     g.policy_steps = 60 if tiny else 0  # 0: no best-of-n (hf: use a GRPO policy instead)
     g.policy_train_problems = 5000
+    # Training sets built from the policy's own samples (0: corruptions only): the GRM
+    # then meets the mistakes it has to judge in best-of-n.
+    g.policy_train_sets = 0
     g.policy_seq_len = 128
     g.policy_prompt_len = 16
     g.policy_max_new_tokens = 24
@@ -129,6 +132,7 @@ def smoke_config():
     g.generate_batch_size = 32
     g.eval_ks = (1, 2)
     g.policy_steps, g.policy_train_problems, g.best_of_n, g.best_of_n_problems = 1, 20, 2, 3
+    g.policy_train_sets = 6
     g.best_of_n_grm_samples = 1
     g.policy_max_new_tokens = 8
     return c

@@ -75,6 +75,8 @@ def get_config(arg=None):
     c.eval.every = 50
     c.eval.num_examples = 500
     c.eval.final_num_examples = 1000
+    if variant == "slip":
+        c.eval.num_examples = 1000  # every point of the curve on the same problems
     return c
 
 

@@ -1,6 +1,7 @@
 """The whole SPCT experiment, phase by phase (experiments/grm_spct.py configures it).
 
-    data       preference sets from the arithmetic task's train and test splits
+    data       preference sets from the arithmetic task's train and test splits, plus
+               (grm.policy_train_sets) sets of a small policy's own samples
     cold start SFT on the rule-based teacher's principles / critique / scores
     RFT        k samples per training set, keep the accepted ones, fine-tune on them
     meta RM    the RFT model fine-tuned to say Y/N: is this trajectory's verdict right?
@@ -16,6 +17,7 @@ directory exists: rerunning the command continues after the last finished phase.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -29,7 +31,8 @@ from moe_jax.grm.bestofn import best_of_n
 from moe_jax.grm.evaluate import evaluate_grm
 from moe_jax.grm.finetune import finetune, init_params
 from moe_jax.grm.format import META_SUFFIX
-from moe_jax.grm.preferences import cold_start_records, preference_set
+from moe_jax.grm.preferences import cold_start_records, preference_set, sampled_sets
+from moe_jax.grm.sampling import sample_texts
 from moe_jax.grm.reward import GRM_SPEC_FILE
 from moe_jax.grm.spct import grpo_phase, rejective_sampling, with_unique_best
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted, save_converted
@@ -47,9 +50,11 @@ def validate_grm_config(config):
     for name in ("num_responses", "train_sets", "test_sets", "prompt_len", "max_new_tokens",
                  "cold_start_steps", "rft_sets", "rft_samples", "rft_steps", "meta_steps",
                  "rl_steps", "rl_batch_size", "rl_group_size", "generate_batch_size",
-                 "policy_steps", "best_of_n", "best_of_n_problems"):
-        if not isinstance(g[name], int) or g[name] < (0 if name.endswith("steps") else 1):
-            raise ConfigError(f"grm.{name}", g[name], "a positive integer (steps may be 0)")
+                 "policy_steps", "best_of_n", "best_of_n_problems", "policy_train_sets"):
+        if not isinstance(g[name], int) or g[name] < (0 if name.startswith("policy") or
+                                                       name.endswith("steps") else 1):
+            raise ConfigError(f"grm.{name}", g[name], "a positive integer (steps and policy "
+                              "counts may be 0)")
     if g.rl_group_size < 2:
         raise ConfigError("grm.rl_group_size", g.rl_group_size, "at least 2 (GRPO compares a group)")
     if g.prompt_len + g.max_new_tokens > config.model.max_seq_len:
@@ -59,6 +64,9 @@ def validate_grm_config(config):
     ks = list(g.eval_ks)
     if any(max(ks) % k for k in ks):
         raise ConfigError("grm.eval_ks", ks, "values that each divide the largest (e.g. 1,2,4,8,16)")
+    if g.policy_train_sets and not g.policy_steps:
+        raise ConfigError("grm.policy_train_sets", g.policy_train_sets,
+                          "0 when grm.policy_steps is 0 (there is no policy to sample)")
     if config.data.task != "arithmetic":
         raise ConfigError("data.task", config.data.task, "'arithmetic' (the teacher grades its chains)")
 
@@ -127,13 +135,28 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     difficulty = dict(config.data.difficulty)
     start_time = time.time()
 
-    train_sets = preference_set("train", g.train_sets, num_responses=g.num_responses,
-                                seed=config.data.seed, no_best_fraction=g.no_best_fraction,
-                                difficulty=difficulty)
     test_sets = preference_set("test", g.test_sets, num_responses=g.num_responses,
                                seed=config.data.seed, difficulty=difficulty)
-    rft_sets = with_unique_best(train_sets)[:g.rft_sets]
     model_config, params0, bias0 = _starting_point(config)
+
+    @functools.cache
+    def policy():
+        return _policy(config, workdir, tokenizer, model_config, difficulty, log)
+
+    @functools.cache
+    def train_sets():
+        """Built only when a phase still to run needs them (the policy's samples cost)."""
+        sets = preference_set("train", g.train_sets, num_responses=g.num_responses,
+                              seed=config.data.seed, no_best_fraction=g.no_best_fraction,
+                              difficulty=difficulty)
+        if g.policy_train_sets:
+            own = _policy_sets(config, tokenizer, model_config, *policy(), difficulty)
+            log(f"  {len(own)} training sets from the policy's own samples "
+                f"({sum(s.best is None for s in own)} all wrong)")
+            sets = sets + own
+            sets = [sets[i] for i in np.random.default_rng(config.data.seed).permutation(len(sets))]
+        return sets
+
     spec = {"max_new_tokens": g.max_new_tokens, "prompt_len": g.prompt_len,
             "num_responses": g.num_responses}
     gen = dict(prompt_len=g.prompt_len, max_new_tokens=g.max_new_tokens,
@@ -142,7 +165,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     base_rng = jax.random.PRNGKey(t.seed + 17)
 
     def cold_start():
-        p, b, info = _sft(model_config, params0, bias0, cold_start_records(train_sets), tokenizer,
+        p, b, info = _sft(model_config, params0, bias0, cold_start_records(train_sets()), tokenizer,
                           config, g.cold_start_steps, t.seed, log)
         return p, b, info, spec, model_config
 
@@ -151,6 +174,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     meta_records = []
 
     def rft():
+        rft_sets = with_unique_best(train_sets())[:g.rft_sets]
         rft_records, meta, stats = rejective_sampling(
             model_config, cold_params, cold_bias, rft_sets, tokenizer, k=g.rft_samples,
             temperature=g.rft_temperature, rng=jax.random.fold_in(base_rng, 1),
@@ -181,7 +205,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
                           aggregation="sequence")
         opt = config.optimizer.copy_and_resolve_references()
         opt.learning_rate, opt.warmup_steps, opt.end_lr_ratio = g.rl_learning_rate, 0, 1.0
-        p, rewards = grpo_phase(model_config, rft_params, rft_bias, train_sets, tokenizer,
+        p, rewards = grpo_phase(model_config, rft_params, rft_bias, train_sets(), tokenizer,
                                 steps=g.rl_steps, batch_size=g.rl_batch_size,
                                 group_size=g.rl_group_size, temperature=g.rl_temperature,
                                 prompt_len=g.prompt_len, max_new_tokens=g.max_new_tokens,
@@ -204,7 +228,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
         log(f"  {stage}: " + ", ".join(f"{k}={v:.3f}" for k, v in results[stage].items()))
 
     if g.policy_steps and "best_of_n" not in results:
-        results["best_of_n"] = _best_of_n(config, workdir, tokenizer, model_config, rl_params,
+        results["best_of_n"] = _best_of_n(config, tokenizer, model_config, *policy(), rl_params,
                                           rl_bias, difficulty, log)
         _write_results(workdir, results)
 
@@ -222,22 +246,45 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     return summary
 
 
-def _best_of_n(config, workdir, tokenizer, model_config, grm_params, grm_bias, difficulty, log):
-    """Train a small policy (arithmetic SFT, stopped early so it is often wrong) and
-    select among its n samples per held-out problem with the final GRM."""
+def _policy(config, workdir, tokenizer, model_config, difficulty, log):
+    """(params, router_bias) of a small arithmetic policy, SFT stopped early so that it is
+    often wrong: trained once into <workdir>/models/policy."""
     g, t = config.grm, config.train
-    task = get_task("arithmetic")
 
-    def policy():
-        problems = generate_split(task, "train", g.policy_train_problems, seed=config.data.seed,
-                                  **difficulty)
+    def build():
+        problems = generate_split(get_task("arithmetic"), "train", g.policy_train_problems,
+                                  seed=config.data.seed, **difficulty)
         records = [{"prompt": e.prompt, "solution": e.solution, "answer": e.answer} for e in problems]
         p0, b0 = init_params(model_config, t.seed + 5, g.policy_seq_len)
         p, b, info = _sft(model_config, p0, b0, records, tokenizer, config, g.policy_steps,
                           t.seed + 5, log, seq_len=g.policy_seq_len)
         return p, b, info, {}, model_config
 
-    policy_params, policy_bias, _ = _phase(workdir, "policy", log, policy)
+    params, router_bias, _ = _phase(workdir, "policy", log, build)
+    return params, router_bias
+
+
+def _policy_sets(config, tokenizer, model_config, policy_params, policy_bias, difficulty):
+    """Training preference sets from the policy's samples (grm.best_of_n per problem, the
+    best-of-n temperature) on grm.policy_train_sets train problems."""
+    g, t = config.grm, config.train
+    problems = generate_split(get_task("arithmetic"), "train", g.policy_train_sets,
+                              seed=config.data.seed + 2, **difficulty)
+    texts = sample_texts(model_config, policy_params, policy_bias,
+                         [p.prompt for p in problems for _ in range(g.best_of_n)], tokenizer,
+                         prompt_len=g.policy_prompt_len, max_new_tokens=g.policy_max_new_tokens,
+                         temperature=g.policy_temperature, rng=jax.random.PRNGKey(t.seed + 29),
+                         batch_size=g.generate_batch_size)
+    samples = [texts[i * g.best_of_n:(i + 1) * g.best_of_n] for i in range(len(problems))]
+    return sampled_sets(problems, samples, np.random.default_rng([config.data.seed, 29]),
+                        num_responses=g.num_responses, no_best_fraction=g.no_best_fraction)
+
+
+def _best_of_n(config, tokenizer, model_config, policy_params, policy_bias, grm_params,
+               grm_bias, difficulty, log):
+    """Select among the policy's n samples per held-out problem with the final GRM."""
+    g, t = config.grm, config.train
+    task = get_task("arithmetic")
     problems = generate_split(task, "test", g.best_of_n_problems, seed=config.data.seed + 1,
                               **difficulty)
     log(f"[best-of-{g.best_of_n}] {len(problems)} held-out problems")

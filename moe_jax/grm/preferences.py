@@ -9,7 +9,8 @@ a mistake a solver actually makes (see teacher.py for how each is critiqued):
     answer   a correct chain, then a final answer that is not the last total
     skip     one step left out; the later totals and the answer follow without it
 
-or, for best-of-n, the policy's own samples. The task's verifier is the ground truth:
+or the policy's own samples (`sampled_sets`: the mistakes the GRM will meet when it picks
+among them, best-of-n). The task's verifier is the ground truth:
 a corruption that happens to reach the right answer is discarded. `best` is the index
 of the one correct response, or None when a set has no unique best (all wrong or more
 than one right; cold start trains on a few such sets so that the scores mean "right /
@@ -121,6 +122,32 @@ def preference_set(split: str, num_sets: int, *, num_responses: int = 2, seed: i
         else:
             responses = [wrong_solution(problem, rng) for _ in range(num_responses - 1)]
             responses.insert(int(rng.integers(num_responses)), problem.solution)
+        sets.append(labelled(problem, responses))
+    return sets
+
+
+def sampled_sets(problems, samples, rng: np.random.Generator, *, num_responses: int = 2,
+                 no_best_fraction: float = 0.0) -> list[PreferenceExample]:
+    """Preference sets from a policy's own samples; samples[i] are problem i's.
+
+    A problem with a right sample and num_responses - 1 distinct wrong ones gives a set
+    of one right and those wrong ones, in random order. A problem whose samples are all
+    wrong gives an all-wrong set with probability `no_best_fraction` (so the scores stay
+    pointwise, as in `preference_set`); other problems give none.
+    """
+    verifier = get_task("arithmetic")
+    sets = []
+    for problem, texts in zip(problems, samples):
+        texts = [t or "" for t in texts]  # undecodable: the teacher calls it unreadable
+        right = [t for t in texts if verifier.verify(problem, t)]
+        wrong = list(dict.fromkeys(t for t in texts if not verifier.verify(problem, t)))
+        if right and len(wrong) >= num_responses - 1:
+            responses = [wrong[i] for i in rng.permutation(len(wrong))[:num_responses - 1]]
+            responses.insert(int(rng.integers(num_responses)), right[0])
+        elif not right and len(wrong) >= num_responses and rng.random() < no_best_fraction:
+            responses = [wrong[i] for i in rng.permutation(len(wrong))[:num_responses]]
+        else:
+            continue
         sets.append(labelled(problem, responses))
     return sets
 

@@ -6,7 +6,8 @@ import pytest
 
 from moe_jax.data.tasks import get_task
 from moe_jax.data.tasks.arithmetic import worked_solution
-from moe_jax.grm.preferences import CORRUPTIONS, cold_start_records, corrupt, preference_set
+from moe_jax.grm.preferences import (CORRUPTIONS, cold_start_records, corrupt, preference_set,
+                                     sampled_sets)
 from moe_jax.grm.scores import parse_strict
 from moe_jax.grm.teacher import (SCORE_RIGHT, SCORE_UNREADABLE, SCORE_WRONG_ANSWER,
                                  SCORE_WRONG_STEP, grade, principles, query_terms,
@@ -85,3 +86,22 @@ def test_preference_sets_label_the_one_right_response_and_keep_splits_apart():
         assert parsed.ok
         if s.best is not None or all(s.correct):  # all wrong: scores rank the kinds of error
             assert predicted_best(parsed.scores) == s.best
+
+
+def test_sets_from_policy_samples_pair_a_right_sample_with_a_wrong_one():
+    problem = get_task("arithmetic").from_record(
+        {"prompt": "12+34-5=", "solution": RIGHT, "answer": "41"})
+    off_by_ten = RIGHT.replace("+140>41", "+150>51")
+    samples = [[off_by_ten, RIGHT, off_by_ten, None],  # right + two distinct wrong
+               [off_by_ten, off_by_ten, None, None],   # all wrong
+               [RIGHT, RIGHT, RIGHT, RIGHT]]           # nothing to prefer
+    for seed in range(10):
+        sets = sampled_sets([problem] * 3, samples, np.random.default_rng(seed),
+                            no_best_fraction=0.0)
+        assert len(sets) == 1 and sets[0].best is not None
+        assert sets[0].responses[sets[0].best] == RIGHT
+        assert sets[0].responses[1 - sets[0].best] in (off_by_ten, "")
+    everything = sampled_sets([problem] * 3, samples, np.random.default_rng(0),
+                              no_best_fraction=0.999)
+    assert [s.best is None for s in everything] == [False, True]
+    assert set(everything[1].responses) == {off_by_ten, ""}  # distinct wrong samples

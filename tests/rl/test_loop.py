@@ -108,3 +108,13 @@ def test_bad_rl_config_fails_before_any_compute(tmp_path, override, field):
         loop.validate_rl_config(config)
     if field:
         assert field in str(error.value)
+
+
+def test_slip_variant_learns_from_a_flawed_teacher_and_is_judged_on_the_truth():
+    grpo = load_config("experiments/grpo_reasoning.py:slip")
+    sft = load_config(grpo.rl.sft_config)
+    assert sft.data.difficulty.carry_slip > 0.5  # greedy imitation forgets the carry
+    # GRPO samples and evaluates on the SFT model's own problems (and held-out split).
+    assert dict(grpo.data.difficulty) == dict(sft.data.difficulty)
+    assert grpo.data.seed == sft.data.seed and grpo.data.num_test == sft.data.num_test
+    assert grpo.eval.num_examples == grpo.eval.final_num_examples
