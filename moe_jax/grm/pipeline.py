@@ -32,9 +32,10 @@ from moe_jax.grm.evaluate import evaluate_grm
 from moe_jax.grm.finetune import finetune, init_params
 from moe_jax.grm.format import META_SUFFIX
 from moe_jax.grm.preferences import cold_start_records, preference_set, sampled_sets
-from moe_jax.grm.sampling import sample_texts
 from moe_jax.grm.reward import GRM_SPEC_FILE
+from moe_jax.grm.sampling import sample_texts
 from moe_jax.grm.spct import grpo_phase, rejective_sampling, with_unique_best
+from moe_jax.grm.teacher import CRITIQUES
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted, save_converted
 from moe_jax.models.config import ConfigError
 from moe_jax.rl.grpo import GRPOConfig
@@ -67,6 +68,8 @@ def validate_grm_config(config):
     if g.policy_train_sets and not g.policy_steps:
         raise ConfigError("grm.policy_train_sets", g.policy_train_sets,
                           "0 when grm.policy_steps is 0 (there is no policy to sample)")
+    if g.critique not in CRITIQUES:
+        raise ConfigError("grm.critique", g.critique, f"one of {CRITIQUES}")
     if config.data.task != "arithmetic":
         raise ConfigError("data.task", config.data.task, "'arithmetic' (the teacher grades its chains)")
 
@@ -165,7 +168,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     base_rng = jax.random.PRNGKey(t.seed + 17)
 
     def cold_start():
-        p, b, info = _sft(model_config, params0, bias0, cold_start_records(train_sets()), tokenizer,
+        p, b, info = _sft(model_config, params0, bias0, cold_start_records(train_sets(), g.critique), tokenizer,
                           config, g.cold_start_steps, t.seed, log)
         return p, b, info, spec, model_config
 
@@ -185,7 +188,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
         log(f"  rejective sampling: {stats}")
         # Fine-tune on the model's own accepted critiques; only when nothing was accepted
         # (a tiny smoke run) fall back to the teacher's targets.
-        records = rft_records or cold_start_records(rft_sets)
+        records = rft_records or cold_start_records(rft_sets, g.critique)
         p, b, info = _sft(model_config, cold_params, cold_bias, records, tokenizer, config,
                           g.rft_steps, t.seed + 1, log)
         return p, b, dict(info, **stats), spec, model_config

@@ -152,7 +152,9 @@ def sampled_sets(problems, samples, rng: np.random.Generator, *, num_responses: 
     return sets
 
 
-def cold_start_records(sets) -> list[dict]:
-    """SFT records (prompt = GRM input, solution = the teacher's trajectory)."""
-    return [{"prompt": s.prompt, "solution": teacher_trajectory(s.problem.prompt, s.responses)[0],
+def cold_start_records(sets, critique: str = "verdict") -> list[dict]:
+    """SFT records (prompt = GRM input, solution = the teacher's trajectory with the
+    `critique` style of moe_jax.grm.teacher)."""
+    return [{"prompt": s.prompt,
+             "solution": teacher_trajectory(s.problem.prompt, s.responses, critique)[0],
              "answer": ""} for s in sets]

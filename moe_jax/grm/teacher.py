@@ -10,13 +10,22 @@ time (the solution format is in moe_jax/data/tasks/arithmetic.py):
     answer 41 = the last total                                     ok
 
 and reports the first thing that is wrong, in the chain's own notation so that the
-critique can be checked against the response character by character:
+critique can be checked against the response character by character (the `verdict`
+critique):
 
     "R2 step 2 total +150 wrong, expected +140."   a wrong carry in a running total
     "R2 has 1 steps, expected 2."                   a skipped (or added) step
     "R2 answer 51 wrong, expected 41."              a final answer that is not the total
     "R2 step 1 term +530 wrong, expected +430."     a term copied wrong from the query
     "R2 unreadable."                                not a chain at all
+
+The `worked` critique (show_work=True) writes every total the teacher expects, and the
+expected answer, before each verdict, so that a small GRM computes the sum digit by
+digit, as the solver did, instead of judging it in one token:
+
+    "R1 step 1 +640 ok, step 2 +140 ok, answer 41 ok."
+    "R2 step 1 +640 ok, step 2 +140 but +150 wrong."
+    "R2 step 1 +640 ok, step 2 +140 ok, answer 41 but 51 wrong."
 
 Each finding maps to a score; the local checks are complete (right terms, every total
 adds up, answer = last total implies the answer is right), so "ok" means correct.
@@ -83,10 +92,14 @@ def principles(query: str) -> str:
     return f"{len(terms)} terms, width {chain_width(terms)}."
 
 
-def grade(query: str, response: str, label: str) -> Finding:
+CRITIQUES = ("verdict", "worked")
+
+
+def grade(query: str, response: str, label: str, show_work: bool = False) -> Finding:
     """The first error in `response` (a worked solution of `query`), or "ok".
 
-    label: how the critique names the response ("R1", "R2", ...).
+    label: how the critique names the response ("R1", "R2", ...). show_work: the
+    `worked` critique, which writes each expected total before its verdict.
     """
     terms = query_terms(query)
     width = chain_width(terms)
@@ -103,24 +116,39 @@ def grade(query: str, response: str, label: str) -> Finding:
     if len(steps) != len(terms) - 1:
         return Finding(f"{label} has {len(steps)} steps, expected {len(terms) - 1}.",
                        SCORE_WRONG_STEP)
+    checked = []  # the worked critique's verdicts so far: "step 1 +640 ok"
+
+    def worked(verdict: str) -> str:
+        return f"{label} " + ", ".join(checked + [verdict]) + "."
+
     total = first
     for s, ((term_text, total_text), term) in enumerate(zip(steps, terms[1:]), start=1):
         if read_number(term_text) != term:
             return Finding(f"{label} step {s} term {term_text} wrong, expected "
                            f"{write_number(term, width)}.", SCORE_WRONG_STEP)
-        expected = total + term
-        if read_number(total_text) != expected:
-            return Finding(f"{label} step {s} total {total_text} wrong, expected "
-                           f"{write_number(expected, width)}.", SCORE_WRONG_STEP)
+        expected = write_number(total + term, width)
+        if read_number(total_text) != total + term:
+            return Finding(worked(f"step {s} {expected} but {total_text} wrong") if show_work else
+                           f"{label} step {s} total {total_text} wrong, expected {expected}.",
+                           SCORE_WRONG_STEP)
+        checked.append(f"step {s} {expected} ok")
         total = read_number(total_text)
     if not re.fullmatch(r"-?\d+", answer) or int(answer) != total:
-        return Finding(f"{label} answer {answer[:8]} wrong, expected {total}.", SCORE_WRONG_ANSWER)
-    return Finding(f"{label} ok.", SCORE_RIGHT)
+        return Finding(worked(f"answer {total} but {answer[:8]} wrong") if show_work else
+                       f"{label} answer {answer[:8]} wrong, expected {total}.", SCORE_WRONG_ANSWER)
+    return Finding(worked(f"answer {total} ok") if show_work else f"{label} ok.", SCORE_RIGHT)
 
 
-def teacher_trajectory(query: str, responses: Sequence[str]) -> tuple[str, list[Finding]]:
-    """The cold-start target for a GRM input: principles, one critique per response, scores."""
-    findings = [grade(query, r, f"R{i + 1}") for i, r in enumerate(responses)]
+def teacher_trajectory(query: str, responses: Sequence[str],
+                       critique: str = "verdict") -> tuple[str, list[Finding]]:
+    """The cold-start target for a GRM input: principles, one critique per response, scores.
+
+    critique: "verdict" (the first error only) or "worked" (every expected total first).
+    """
+    if critique not in CRITIQUES:
+        raise ValueError(f"critique {critique!r}: expected one of {CRITIQUES}")
+    findings = [grade(query, r, f"R{i + 1}", show_work=critique == "worked")
+                for i, r in enumerate(responses)]
     text = trajectory(principles(query), " ".join(f.critique for f in findings),
                       [f.score for f in findings])
     return text, findings

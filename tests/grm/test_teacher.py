@@ -105,3 +105,22 @@ def test_sets_from_policy_samples_pair_a_right_sample_with_a_wrong_one():
                               no_best_fraction=0.999)
     assert [s.best is None for s in everything] == [False, True]
     assert set(everything[1].responses) == {off_by_ten, ""}  # distinct wrong samples
+
+
+@pytest.mark.parametrize("response, critique", [
+    (RIGHT, "R1 step 1 +640 ok, step 2 +140 ok, answer 41 ok."),
+    ("+210+430=+650-500=+150>51", "R1 step 1 +640 but +650 wrong."),
+    ("+210+430=+640-500=+150>51", "R1 step 1 +640 ok, step 2 +140 but +150 wrong."),
+    ("+210+430=+640-500=+140>42", "R1 step 1 +640 ok, step 2 +140 ok, answer 41 but 42 wrong."),
+    ("+210+430=+640>46", "R1 has 1 steps, expected 2."),
+    ("hello", "R1 unreadable."),
+])
+def test_worked_critique_writes_each_expected_total_before_its_verdict(response, critique):
+    worked, verdict = grade(QUERY, response, "R1", show_work=True), grade(QUERY, response, "R1")
+    assert worked.critique == critique
+    assert worked.score == verdict.score  # the same judgement, only written out
+
+
+def test_unknown_critique_style_names_the_choices():
+    with pytest.raises(ValueError, match="verdict"):
+        teacher_trajectory(QUERY, [RIGHT], critique="short")
