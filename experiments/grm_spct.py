@@ -70,6 +70,7 @@ def get_config(arg=None):
 
     g = c.grm = ml_collections.ConfigDict()
     g.init_from = ""  # a `moe-jax convert` directory (hf); "" trains from scratch
+    g.init_from_policy = False  # start from the best-of-n policy, which already does the sums
     g.num_responses = 2  # responses per GRM input: Final Scores: [[a, b]]
     g.train_sets = 3000 if tiny else 20_000
     g.no_best_fraction = 0.2  # cold-start sets with all right / all wrong responses

@@ -2,7 +2,9 @@
 
     data       preference sets from the arithmetic task's train and test splits, plus
                (grm.policy_train_sets) sets of a small policy's own samples
-    cold start SFT on the rule-based teacher's principles / critique / scores
+    cold start SFT on the rule-based teacher's principles / critique / scores, from a fresh
+               init, an imported checkpoint (grm.init_from) or the policy
+               (grm.init_from_policy)
     RFT        k samples per training set, keep the accepted ones, fine-tune on them
     meta RM    the RFT model fine-tuned to say Y/N: is this trajectory's verdict right?
     RL         GRPO on the rule-based reward (+1 / -1), from the RFT model
@@ -65,6 +67,9 @@ def validate_grm_config(config):
     ks = list(g.eval_ks)
     if any(max(ks) % k for k in ks):
         raise ConfigError("grm.eval_ks", ks, "values that each divide the largest (e.g. 1,2,4,8,16)")
+    if g.init_from_policy and (g.init_from or not g.policy_steps):
+        raise ConfigError("grm.init_from_policy", g.init_from_policy,
+                          "False when grm.init_from is set or grm.policy_steps is 0")
     if g.policy_train_sets and not g.policy_steps:
         raise ConfigError("grm.policy_train_sets", g.policy_train_sets,
                           "0 when grm.policy_steps is 0 (there is no policy to sample)")
@@ -168,8 +173,11 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     base_rng = jax.random.PRNGKey(t.seed + 17)
 
     def cold_start():
-        p, b, info = _sft(model_config, params0, bias0, cold_start_records(train_sets(), g.critique), tokenizer,
-                          config, g.cold_start_steps, t.seed, log)
+        # A GRM starts from a language model that can already solve the task (DeepSeek-GRM
+        # starts from a pretrained LLM); grm.init_from_policy uses the small policy.
+        start = policy() if g.init_from_policy else (params0, bias0)
+        p, b, info = _sft(model_config, *start, cold_start_records(train_sets(), g.critique),
+                          tokenizer, config, g.cold_start_steps, t.seed, log)
         return p, b, info, spec, model_config
 
     cold_params, cold_bias, _ = _phase(workdir, "cold_start", log, cold_start)

@@ -1,0 +1,28 @@
+"""A bad `grm` section fails before any compute, naming the field."""
+
+import pytest
+
+from moe_jax.config import load_config
+from moe_jax.grm.pipeline import validate_grm_config
+from moe_jax.models.config import ConfigError
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"critique": "short"}, "grm.critique"),
+    ({"policy_steps": 0, "policy_train_sets": 5}, "grm.policy_train_sets"),
+    ({"policy_steps": 0, "init_from_policy": True}, "grm.init_from_policy"),
+    ({"init_from": "ckpt", "init_from_policy": True}, "grm.init_from_policy"),
+    ({"policy_train_sets": -1}, "grm.policy_train_sets"),
+    ({"test_sets": 0}, "grm.test_sets"),
+    ({"eval_ks": (1, 3, 16)}, "grm.eval_ks"),
+])
+def test_bad_grm_config_names_the_field(overrides, field):
+    config = load_config("experiments/grm_spct.py:tiny")
+    config.grm.update(overrides)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_grm_config(config)
+
+
+def test_the_experiment_configs_validate():
+    for variant in ("tiny", "hf"):
+        validate_grm_config(load_config(f"experiments/grm_spct.py:{variant}"))
