@@ -81,8 +81,9 @@ def get_config(arg=None):
     g.generate_batch_size = 240 if tiny else 512
     g.parser = "tolerant"
 
-    # "verdict": the teacher's critique names the first error only; "worked": it writes
-    # every expected total before its verdict (moe_jax/grm/teacher.py).
+    # "verdict": the teacher's critique names the first error only; "worked": it redoes
+    # every step before its verdict (moe_jax/grm/teacher.py), which needs longer
+    # trajectories: tiny with grm.max_new_tokens=192 and grm.seq_len=256.
     g.critique = "verdict"
     g.cold_start_steps = 120 if tiny else 2000
     g.rft_sets = 120 if tiny else 4000
@@ -132,7 +133,7 @@ def smoke_config():
     g.train_sets, g.test_sets, g.rft_sets, g.rft_samples = 40, 6, 6, 2
     g.cold_start_steps = g.rft_steps = g.meta_steps = 2
     g.rl_steps, g.rl_batch_size, g.rl_group_size = 1, 2, 2
-    g.max_new_tokens = 48
+    g.max_new_tokens = 140  # the teacher's longest trajectory (137 tokens) must fit
     g.generate_batch_size = 32
     g.eval_ks = (1, 2)
     g.policy_steps, g.policy_train_problems, g.best_of_n, g.best_of_n_problems = 1, 20, 2, 3

@@ -175,9 +175,15 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     def cold_start():
         # A GRM starts from a language model that can already solve the task (DeepSeek-GRM
         # starts from a pretrained LLM); grm.init_from_policy uses the small policy.
+        records = cold_start_records(train_sets(), g.critique)
+        longest = max(len(tokenizer.encode(r["solution"])) + 1 for r in records)  # + <eos>
+        if longest > g.max_new_tokens:  # sampled trajectories would be cut before the scores
+            raise ConfigError("grm.max_new_tokens", g.max_new_tokens,
+                              f"at least {longest}, the longest {g.critique!r} teacher "
+                              f"trajectory with <eos>")
         start = policy() if g.init_from_policy else (params0, bias0)
-        p, b, info = _sft(model_config, *start, cold_start_records(train_sets(), g.critique),
-                          tokenizer, config, g.cold_start_steps, t.seed, log)
+        p, b, info = _sft(model_config, *start, records, tokenizer, config,
+                          g.cold_start_steps, t.seed, log)
         return p, b, info, spec, model_config
 
     cold_params, cold_bias, _ = _phase(workdir, "cold_start", log, cold_start)

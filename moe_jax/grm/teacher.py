@@ -19,13 +19,15 @@ critique):
     "R2 step 1 term +530 wrong, expected +430."     a term copied wrong from the query
     "R2 unreadable."                                not a chain at all
 
-The `worked` critique (show_work=True) writes every total the teacher expects, and the
-expected answer, before each verdict, so that a small GRM computes the sum digit by
-digit, as the solver did, instead of judging it in one token:
+The `worked` critique (show_work=True) redoes each step in the solver's own notation
+(previous total, term, "=", the total it should be) and the answer conversion, before
+each verdict, so that a small GRM computes the sum digit by digit exactly as a solver
+writes it (and a GRM started from a solver reuses its skill) instead of judging in one
+token:
 
-    "R1 step 1 +640 ok, step 2 +140 ok, answer 41 ok."
-    "R2 step 1 +640 ok, step 2 +140 but +150 wrong."
-    "R2 step 1 +640 ok, step 2 +140 ok, answer 41 but 51 wrong."
+    "R1 step 1 +210+430=+640 ok, step 2 +640-500=+140 ok, answer +140>41 ok."
+    "R2 step 1 +210+430=+640 ok, step 2 +640-500=+140 but +150 wrong."
+    "R2 step 1 +210+430=+640 ok, step 2 +640-500=+140 ok, answer +140>41 but 51 wrong."
 
 Each finding maps to a score; the local checks are complete (right terms, every total
 adds up, answer = last total implies the answer is right), so "ok" means correct.
@@ -127,16 +129,18 @@ def grade(query: str, response: str, label: str, show_work: bool = False) -> Fin
             return Finding(f"{label} step {s} term {term_text} wrong, expected "
                            f"{write_number(term, width)}.", SCORE_WRONG_STEP)
         expected = write_number(total + term, width)
+        redone = f"step {s} {write_number(total, width)}{term_text}={expected}"
         if read_number(total_text) != total + term:
-            return Finding(worked(f"step {s} {expected} but {total_text} wrong") if show_work else
+            return Finding(worked(f"{redone} but {total_text} wrong") if show_work else
                            f"{label} step {s} total {total_text} wrong, expected {expected}.",
                            SCORE_WRONG_STEP)
-        checked.append(f"step {s} {expected} ok")
+        checked.append(f"{redone} ok")
         total = read_number(total_text)
+    redone = f"answer {write_number(total, width)}>{total}"
     if not re.fullmatch(r"-?\d+", answer) or int(answer) != total:
-        return Finding(worked(f"answer {total} but {answer[:8]} wrong") if show_work else
+        return Finding(worked(f"{redone} but {answer[:8]} wrong") if show_work else
                        f"{label} answer {answer[:8]} wrong, expected {total}.", SCORE_WRONG_ANSWER)
-    return Finding(worked(f"answer {total} ok") if show_work else f"{label} ok.", SCORE_RIGHT)
+    return Finding(worked(f"{redone} ok") if show_work else f"{label} ok.", SCORE_RIGHT)
 
 
 def teacher_trajectory(query: str, responses: Sequence[str],

@@ -26,3 +26,19 @@ def test_bad_grm_config_names_the_field(overrides, field):
 def test_the_experiment_configs_validate():
     for variant in ("tiny", "hf"):
         validate_grm_config(load_config(f"experiments/grm_spct.py:{variant}"))
+
+
+def test_trajectories_longer_than_the_sampling_budget_fail_before_training(tmp_path):
+    import importlib.util
+
+    from moe_jax.grm.pipeline import train_and_evaluate_grm
+
+    spec = importlib.util.spec_from_file_location("grm_spct", "experiments/grm_spct.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.smoke_config()
+    config.grm.policy_train_sets = 0  # no policy to train before the check
+    config.grm.max_new_tokens = 60  # the verdict teacher writes up to 137 tokens here
+    with pytest.raises(ConfigError, match="grm.max_new_tokens"):
+        train_and_evaluate_grm(config, str(tmp_path), log=lambda *_: None)
+    assert not (tmp_path / "models").exists()  # nothing trained or saved

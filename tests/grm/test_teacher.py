@@ -108,10 +108,12 @@ def test_sets_from_policy_samples_pair_a_right_sample_with_a_wrong_one():
 
 
 @pytest.mark.parametrize("response, critique", [
-    (RIGHT, "R1 step 1 +640 ok, step 2 +140 ok, answer 41 ok."),
-    ("+210+430=+650-500=+150>51", "R1 step 1 +640 but +650 wrong."),
-    ("+210+430=+640-500=+150>51", "R1 step 1 +640 ok, step 2 +140 but +150 wrong."),
-    ("+210+430=+640-500=+140>42", "R1 step 1 +640 ok, step 2 +140 ok, answer 41 but 42 wrong."),
+    (RIGHT, "R1 step 1 +210+430=+640 ok, step 2 +640-500=+140 ok, answer +140>41 ok."),
+    ("+210+430=+650-500=+150>51", "R1 step 1 +210+430=+640 but +650 wrong."),
+    ("+210+430=+640-500=+150>51",
+     "R1 step 1 +210+430=+640 ok, step 2 +640-500=+140 but +150 wrong."),
+    ("+210+430=+640-500=+140>42",
+     "R1 step 1 +210+430=+640 ok, step 2 +640-500=+140 ok, answer +140>41 but 42 wrong."),
     ("+210+430=+640>46", "R1 has 1 steps, expected 2."),
     ("hello", "R1 unreadable."),
 ])
