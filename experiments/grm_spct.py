@@ -138,6 +138,7 @@ def smoke_config():
     g.eval_ks = (1, 2)
     g.policy_steps, g.policy_train_problems, g.best_of_n, g.best_of_n_problems = 1, 20, 2, 3
     g.policy_train_sets = 6
+    g.init_from_policy = True  # the path a GRM started from the policy takes
     g.best_of_n_grm_samples = 1
     g.policy_max_new_tokens = 8
     return c

@@ -25,6 +25,7 @@ import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from moe_jax.data.tasks import generate_split, get_task
@@ -158,7 +159,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
                               seed=config.data.seed, no_best_fraction=g.no_best_fraction,
                               difficulty=difficulty)
         if g.policy_train_sets:
-            own = _policy_sets(config, tokenizer, model_config, *policy(), difficulty)
+            own = _policy_sets(config, tokenizer, *policy(), difficulty)
             log(f"  {len(own)} training sets from the policy's own samples "
                 f"({sum(s.best is None for s in own)} all wrong)")
             sets = sets + own
@@ -181,7 +182,13 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
             raise ConfigError("grm.max_new_tokens", g.max_new_tokens,
                               f"at least {longest}, the longest {g.critique!r} teacher "
                               f"trajectory with <eos>")
-        start = policy() if g.init_from_policy else (params0, bias0)
+        start = (params0, bias0)
+        if g.init_from_policy:
+            policy_config, *start = policy()
+            as_saved = json.loads(json.dumps(model_config.to_dict()))  # tuples become lists
+            if policy_config.to_dict() != as_saved:
+                raise ConfigError("grm.init_from_policy", True, "a saved policy with the GRM's "
+                                  "model config (models/policy holds another architecture)")
         p, b, info = _sft(model_config, *start, records, tokenizer, config,
                           g.cold_start_steps, t.seed, log)
         return p, b, info, spec, model_config
@@ -245,7 +252,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
         log(f"  {stage}: " + ", ".join(f"{k}={v:.3f}" for k, v in results[stage].items()))
 
     if g.policy_steps and "best_of_n" not in results:
-        results["best_of_n"] = _best_of_n(config, tokenizer, model_config, *policy(), rl_params,
+        results["best_of_n"] = _best_of_n(config, tokenizer, *policy(), model_config, rl_params,
                                           rl_bias, difficulty, log)
         _write_results(workdir, results)
 
@@ -264,8 +271,8 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
 
 
 def _policy(config, workdir, tokenizer, model_config, difficulty, log):
-    """(params, router_bias) of a small arithmetic policy, SFT stopped early so that it is
-    often wrong: trained once into <workdir>/models/policy."""
+    """(model_config, params, router_bias) of a small arithmetic policy, SFT stopped early
+    so that it is often wrong: trained once into <workdir>/models/policy."""
     g, t = config.grm, config.train
 
     def build():
@@ -278,16 +285,19 @@ def _policy(config, workdir, tokenizer, model_config, difficulty, log):
         return p, b, info, {}, model_config
 
     params, router_bias, _ = _phase(workdir, "policy", log, build)
-    return params, router_bias
+    # The saved policy's own architecture: a run may reuse a policy of another size.
+    with open(os.path.join(workdir, "models", "policy", MODEL_CONFIG_FILE)) as f:
+        policy_config = ml_collections.ConfigDict(json.load(f))
+    return policy_config, params, router_bias
 
 
-def _policy_sets(config, tokenizer, model_config, policy_params, policy_bias, difficulty):
+def _policy_sets(config, tokenizer, policy_config, policy_params, policy_bias, difficulty):
     """Training preference sets from the policy's samples (grm.best_of_n per problem, the
     best-of-n temperature) on grm.policy_train_sets train problems."""
     g, t = config.grm, config.train
     problems = generate_split(get_task("arithmetic"), "train", g.policy_train_sets,
                               seed=config.data.seed + 2, **difficulty)
-    texts = sample_texts(model_config, policy_params, policy_bias,
+    texts = sample_texts(policy_config, policy_params, policy_bias,
                          [p.prompt for p in problems for _ in range(g.best_of_n)], tokenizer,
                          prompt_len=g.policy_prompt_len, max_new_tokens=g.policy_max_new_tokens,
                          temperature=g.policy_temperature, rng=jax.random.PRNGKey(t.seed + 29),
@@ -297,15 +307,15 @@ def _policy_sets(config, tokenizer, model_config, policy_params, policy_bias, di
                         num_responses=g.num_responses, no_best_fraction=g.no_best_fraction)
 
 
-def _best_of_n(config, tokenizer, model_config, policy_params, policy_bias, grm_params,
-               grm_bias, difficulty, log):
+def _best_of_n(config, tokenizer, policy_config, policy_params, policy_bias, grm_config,
+               grm_params, grm_bias, difficulty, log):
     """Select among the policy's n samples per held-out problem with the final GRM."""
     g, t = config.grm, config.train
     task = get_task("arithmetic")
     problems = generate_split(task, "test", g.best_of_n_problems, seed=config.data.seed + 1,
                               **difficulty)
     log(f"[best-of-{g.best_of_n}] {len(problems)} held-out problems")
-    out = best_of_n(model_config, policy_params, policy_bias, model_config, grm_params, grm_bias,
+    out = best_of_n(policy_config, policy_params, policy_bias, grm_config, grm_params, grm_bias,
                     problems, tokenizer, n=g.best_of_n, policy_temperature=g.policy_temperature,
                     policy_prompt_len=g.policy_prompt_len, policy_max_new_tokens=g.policy_max_new_tokens,
                     grm_k=g.best_of_n_grm_samples, grm_temperature=g.eval_temperature,
