@@ -33,3 +33,22 @@ def random_experts(keys, num_experts, d_model, ffn, scale=0.3):
     return ExpertWeights(jax.random.normal(keys[0], (num_experts, d_model, ffn)) * scale,
                          jax.random.normal(keys[1], (num_experts, d_model, ffn)) * scale,
                          jax.random.normal(keys[2], (num_experts, ffn, d_model)) * scale)
+
+
+def save_untrained_grm(directory, max_new_tokens=8):
+    """A micro GRM (random weights) saved as the GRM pipeline saves one, for tests of the
+    plumbing that reads it (rl.reward=grm)."""
+    import json
+    import os
+
+    from moe_jax.grm.finetune import init_params
+    from moe_jax.grm.reward import GRM_SPEC_FILE
+    from moe_jax.interop.checkpoint import save_converted
+
+    grm = load_config("experiments/grm_spct.py:tiny").model
+    grm.d_model, grm.num_layers, grm.num_experts, grm.dense_ffn, grm.expert_ffn = 32, 2, 2, 32, 32
+    grm.kv_lora_rank, grm.qk_nope_head_dim, grm.v_head_dim, grm.qk_rope_head_dim = 16, 8, 8, 8
+    params, router_bias = init_params(grm, 0, 16)
+    save_converted(str(directory), params, router_bias, grm)
+    with open(os.path.join(directory, GRM_SPEC_FILE), "w") as f:
+        json.dump({"max_new_tokens": max_new_tokens}, f)

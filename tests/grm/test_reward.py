@@ -1,19 +1,14 @@
 """The GRM as GRPO's reward: selected by rl.reward, rewards in [0, 1] per response."""
 
-import json
-import os
-
 import ml_collections
 import numpy as np
 import pytest
 
+from helpers import save_untrained_grm
 from moe_jax.config import load_config
 from moe_jax.data.tasks.base import Example
 from moe_jax.data.tokenizer import get_tokenizer
-from moe_jax.grm.finetune import init_params
 from moe_jax.grm.judge import pairs
-from moe_jax.grm.reward import GRM_SPEC_FILE
-from moe_jax.interop.checkpoint import save_converted
 from moe_jax.models.config import ConfigError
 from moe_jax.rl.loop import configured_reward
 
@@ -40,14 +35,7 @@ def test_reward_option_is_checked():
 
 @pytest.mark.slow
 def test_grm_reward_scores_every_response_of_a_group(tmp_path):
-    grm = load_config("experiments/grm_spct.py:tiny").model
-    grm.d_model, grm.num_layers, grm.num_experts, grm.dense_ffn, grm.expert_ffn = 32, 2, 2, 32, 32
-    grm.kv_lora_rank, grm.qk_nope_head_dim, grm.v_head_dim, grm.qk_rope_head_dim = 16, 8, 8, 8
-    params, router_bias = init_params(grm, 0, 16)
-    directory = str(tmp_path / "grm" / "models" / "rl")
-    save_converted(directory, params, router_bias, grm)
-    with open(os.path.join(directory, GRM_SPEC_FILE), "w") as f:
-        json.dump({"max_new_tokens": 8}, f)
+    save_untrained_grm(tmp_path / "grm" / "models" / "rl")
 
     config = load_config("experiments/grpo_reasoning.py:tiny")
     config.rl = ml_collections.ConfigDict(dict(config.rl, reward="grm", group_size=2,

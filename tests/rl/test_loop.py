@@ -124,21 +124,9 @@ def test_slip_variant_learns_from_a_flawed_teacher_and_is_judged_on_the_truth():
 def test_grpo_runs_with_the_grm_as_its_reward(sft_dir, tmp_path):
     """rl.reward=grm end to end: the loop loads the GRM from rl.grm_from and trains on
     its ratings (an untrained GRM here: the plumbing, not the quality, is under test)."""
-    import json
-    import os
+    from helpers import save_untrained_grm
 
-    from moe_jax.grm.finetune import init_params
-    from moe_jax.grm.reward import GRM_SPEC_FILE
-    from moe_jax.interop.checkpoint import save_converted
-
-    grm = load_config("experiments/grm_spct.py:tiny").model
-    grm.d_model, grm.num_layers, grm.num_experts, grm.dense_ffn, grm.expert_ffn = 32, 2, 2, 32, 32
-    grm.kv_lora_rank, grm.qk_nope_head_dim, grm.v_head_dim, grm.qk_rope_head_dim = 16, 8, 8, 8
-    params, router_bias = init_params(grm, 0, 16)
-    directory = tmp_path / "grm" / "models" / "rl"
-    save_converted(str(directory), params, router_bias, grm)
-    with open(os.path.join(directory, GRM_SPEC_FILE), "w") as f:
-        json.dump({"max_new_tokens": 8}, f)
+    save_untrained_grm(tmp_path / "grm" / "models" / "rl")
 
     config = grpo_config(sft_dir, str(tmp_path / "data"),
                          ["train.steps=2", "rl.reward=grm", f"rl.grm_from={tmp_path / 'grm'}"])
