@@ -111,11 +111,9 @@ def worked_solution(operands: list[int], ops: list[str], slips=()) -> tuple[str,
     chain = [_reversed_fixed(running, width)]
     for step, ((sign, _), magnitude) in enumerate(zip(terms[1:], magnitudes[1:])):
         running += sign * magnitude
-        written += sign * magnitude
-        if step < len(slips) and slips[step]:
-            slipped = _slipped_sum(written - sign * magnitude, sign * magnitude)
-            if abs(slipped) < 10**width:  # a forgotten borrow can add a digit; keep the width
-                written = slipped
+        exact = written + sign * magnitude
+        slipped = _slipped_sum(written, sign * magnitude) if step < len(slips) and slips[step] else exact
+        written = slipped if abs(slipped) < 10**width else exact  # a forgotten borrow can add a digit
         # The operator, not the value, gives the sign: "5-0" writes "-0000".
         term = ("+" if sign > 0 else "-") + _reversed_fixed(magnitude, width, False)
         chain.append(term + "=" + _reversed_fixed(written, width))
