@@ -30,6 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from moe_jax.interop.hf_export import commit_directory, staging_directory
+from moe_jax.models.transformer import Transformer
+from moe_jax.train.checkpoint import restore_trained_state
 
 MODEL_CONFIG_FILE = "model_config.json"
 HF_CONFIG_FILE = "hf_config.json"
@@ -86,3 +88,23 @@ def load_converted(directory: str, shardings=None):
             state = checkpointer.restore(state_path, target)
     state = jax.tree.map(lambda x: np.asarray(x) if shardings is None else x, state)
     return state["params"], state.get("router_bias", {}), model_config, hf_config
+
+
+def load_start(directory: str, model_config, log=print):
+    """-> (model_config, params, router_bias) to start training from `directory`.
+
+    Either a directory this module writes (an imported Hugging Face model: it brings its
+    own model config, of which the caller's dtype and remat settings are kept), or a
+    training workdir, whose newest good checkpoint is read with `model_config`'s shapes.
+    """
+    if os.path.exists(os.path.join(directory, MODEL_CONFIG_FILE)):
+        params, router_bias, converted, _ = load_converted(directory)
+        for name in ("dtype", "param_dtype", "remat_policy"):
+            if name in model_config:
+                converted[name] = model_config[name]
+        return converted, params, router_bias
+    state = restore_trained_state(directory, Transformer(model_config), log)
+    if state is None:
+        raise FileNotFoundError(f"{directory}: neither a converted checkpoint ({MODEL_CONFIG_FILE}) "
+                                f"nor a training workdir with a readable checkpoint")
+    return model_config, state.params, state.router_bias

@@ -32,7 +32,7 @@ import numpy as np
 from moe_jax.config import load_config
 from moe_jax.data.tasks import get_task
 from moe_jax.data.tokenizer import get_tokenizer
-from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted
+from moe_jax.interop.checkpoint import load_start
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.rl.grpo import GRPOConfig
@@ -40,7 +40,7 @@ from moe_jax.rl.learner import make_grpo_step
 from moe_jax.rl.policy import make_scorer, scoring_model
 from moe_jax.rl.rewards import task_rewards
 from moe_jax.rl.rollout import sample_groups
-from moe_jax.train.checkpoint import Checkpointer, restore_trained_state
+from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.evaluate import exact_match
 from moe_jax.train.loop import (NonFiniteLossError, load_data, optimizer_config, resume,
                                 train_and_evaluate)
@@ -110,30 +110,6 @@ def _sft_workdir(config, workdir: str, log) -> str:
     return sft_dir
 
 
-def _converted_model_config(init_dir: str, model_config):
-    """A `moe-jax convert` directory brings its own model config (shapes must match the
-    weights); the experiment's dtype and remat settings are kept."""
-    if not os.path.exists(os.path.join(init_dir, MODEL_CONFIG_FILE)):
-        return model_config
-    with open(os.path.join(init_dir, MODEL_CONFIG_FILE)) as f:
-        converted = ml_collections.ConfigDict(json.load(f))
-    for name in ("dtype", "param_dtype", "remat_policy"):
-        converted[name] = model_config[name]
-    return converted
-
-
-def _load_sft(model, sft_dir: str, log):
-    """(params, router_bias) of the newest good checkpoint in an SFT workdir, or of a
-    directory written by `moe-jax convert` (an imported Hugging Face model)."""
-    if os.path.exists(os.path.join(sft_dir, MODEL_CONFIG_FILE)):
-        params, router_bias, _, _ = load_converted(sft_dir)
-        return params, router_bias
-    state = restore_trained_state(sft_dir, model, log)
-    if state is None:
-        raise FileNotFoundError(f"rl.init_from: no readable checkpoint in {sft_dir}")
-    return state.params, state.router_bias
-
-
 @functools.lru_cache(maxsize=4)
 def _compiled(model_config: ml_collections.FrozenConfigDict,
               opt_config: ml_collections.FrozenConfigDict, grpo: GRPOConfig):
@@ -174,9 +150,9 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, 
     task_spec = get_task(task)
 
     init_dir = _sft_workdir(config, workdir, log)
-    m = _converted_model_config(init_dir, m)
+    # An SFT workdir, or a `moe-jax convert` directory that brings its own model config.
+    m, ref_params, router_bias = load_start(init_dir, m, log)
     policy = Transformer(m)
-    ref_params, router_bias = _load_sft(policy, init_dir, log)
     opt_config = optimizer_config(config)
     optimizer, score, update = _compiled(ml_collections.FrozenConfigDict(m),
                                          ml_collections.FrozenConfigDict(opt_config), grpo_config(config))
