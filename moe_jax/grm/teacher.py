@@ -94,7 +94,22 @@ def principles(query: str) -> str:
     return f"{len(terms)} terms, width {chain_width(terms)}."
 
 
-CRITIQUES = ("verdict", "worked")
+CRITIQUES = ("verdict", "worked", "solve")
+
+
+def solution(query: str) -> str:
+    """The worked solution a correct solver writes for `query`: "12+34-5=" ->
+    "+210+430=+640-500=+140>41"."""
+    terms = query_terms(query)
+    width = chain_width(terms)
+    total = terms[0]
+    chain = write_number(total, width)
+    # The signs are the query's own: "-0" is written "-000", which an int would lose.
+    signs = [sign for sign, _ in _QUERY_TERM.findall(query[len(str(terms[0])):])]
+    for sign, term in zip(signs, terms[1:]):
+        total += term
+        chain += f"{sign}{write_number(abs(term), width)[1:]}={write_number(total, width)}"
+    return f"{chain}>{total}"
 
 
 def grade(query: str, response: str, label: str, show_work: bool = False) -> Finding:
@@ -147,12 +162,17 @@ def teacher_trajectory(query: str, responses: Sequence[str],
                        critique: str = "verdict") -> tuple[str, list[Finding]]:
     """The cold-start target for a GRM input: principles, one critique per response, scores.
 
-    critique: "verdict" (the first error only) or "worked" (every expected total first).
+    critique: "verdict" (the first error only), "worked" (every expected total first) or
+    "solve" (the GRM's own solution of the query first, then the verdicts: it solves the
+    problem as a solver would, right after the query it copies, and then only has to
+    compare, "Solve 12+34-5= +210+430=+640-500=+140>41. R1 ok. R2 ...").
     """
     if critique not in CRITIQUES:
         raise ValueError(f"critique {critique!r}: expected one of {CRITIQUES}")
     findings = [grade(query, r, f"R{i + 1}", show_work=critique == "worked")
                 for i, r in enumerate(responses)]
-    text = trajectory(principles(query), " ".join(f.critique for f in findings),
-                      [f.score for f in findings])
+    verdicts = " ".join(f.critique for f in findings)
+    if critique == "solve":
+        verdicts = f"Solve {query} {solution(query)}. {verdicts}"
+    text = trajectory(principles(query), verdicts, [f.score for f in findings])
     return text, findings

@@ -4,14 +4,14 @@
 import numpy as np
 import pytest
 
-from moe_jax.data.tasks import get_task
+from moe_jax.data.tasks import generate_split, get_task
 from moe_jax.data.tasks.arithmetic import worked_solution
 from moe_jax.grm.preferences import (CORRUPTIONS, cold_start_records, corrupt, preference_set,
                                      sampled_sets)
 from moe_jax.grm.scores import parse_strict
 from moe_jax.grm.teacher import (SCORE_RIGHT, SCORE_UNREADABLE, SCORE_WRONG_ANSWER,
                                  SCORE_WRONG_STEP, grade, principles, query_terms,
-                                 read_number, teacher_trajectory, write_number)
+                                 read_number, solution, teacher_trajectory, write_number)
 from moe_jax.grm.voting import predicted_best
 
 QUERY = "12+34-5="
@@ -121,6 +121,20 @@ def test_worked_critique_writes_each_expected_total_before_its_verdict(response,
     worked, verdict = grade(QUERY, response, "R1", show_work=True), grade(QUERY, response, "R1")
     assert worked.critique == critique
     assert worked.score == verdict.score  # the same judgement, only written out
+
+
+def test_the_teachers_own_solution_is_the_tasks_on_random_problems():
+    for problem in generate_split(get_task("arithmetic"), "test", 200, seed=3, min_operands=2,
+                                  max_operands=4, max_digits=3):
+        assert solution(problem.prompt) == problem.solution, problem.prompt
+
+
+def test_solve_critique_solves_first_then_gives_the_verdicts():
+    wrong = "+210+430=+650-500=+150>51"
+    text, findings = teacher_trajectory(QUERY, [wrong, RIGHT], critique="solve")
+    assert f"Critique: Solve {QUERY} {RIGHT}. R1 step 1 total +650 wrong, expected +640. " \
+           "R2 ok." in text
+    assert findings == teacher_trajectory(QUERY, [wrong, RIGHT])[1]  # the same judgement
 
 
 def test_unknown_critique_style_names_the_choices():
