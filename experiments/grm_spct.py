@@ -25,6 +25,12 @@ The trained GRM is a reward for policy GRPO:
 Variants:
   tiny   2 CPU cores, 10-40 minutes by load: a 3-layer d_model 96 MoE trained from scratch on
          2-operand problems of up to 2 digits
+  tiny_main  the GRM is the README's main-job model, started from its trained workdir
+         (pretrain_arith.py:tiny, 2-3 operands, 89% held-out): a judge that adds better
+         than the tiny policy it judges. It writes the worked critique; 40-60 minutes:
+         python -m moe_jax.main --config=experiments/pretrain_arith.py:tiny --workdir=runs/arith
+         python -m moe_jax.main --config=experiments/grm_spct.py:tiny_main --workdir=runs/grm_main \\
+             --config.grm.init_from=runs/arith
   hf     one accelerator, starting from an imported Hugging Face DeepSeek checkpoint:
          moe-jax convert --from-hf HF_DIR --to CKPT, then
          --config.grm.init_from=CKPT --config.data.tokenizer=HF_DIR/tokenizer.json
@@ -38,7 +44,7 @@ import ml_collections
 from moe_jax.config import load_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-VARIANTS = ("tiny", "hf")
+VARIANTS = ("tiny", "tiny_main", "hf")
 
 
 def _tiny_model(m):
@@ -54,11 +60,12 @@ def get_config(arg=None):
     variant = arg or "tiny"
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
-    tiny = variant == "tiny"
+    tiny = variant in ("tiny", "tiny_main")
     c = load_config(f"{os.path.join(HERE, 'pretrain_arith.py')}:{'tiny' if tiny else 'small'}")
     c.experiment = "moe_jax.grm.pipeline"
-    if tiny:
+    if variant == "tiny":
         _tiny_model(c.model)
+    if tiny:
         c.data.difficulty = ml_collections.ConfigDict(
             {"min_operands": 2, "max_operands": 2, "max_digits": 2})
     c.data.seq_len = 216 if tiny else 512  # the longest GRM record (input + trajectory)
@@ -118,6 +125,19 @@ def get_config(arg=None):
     g.best_of_n_problems = 50 if tiny else 500
     g.best_of_n_grm_samples = 2
     g.figure = True
+
+    if variant == "tiny_main":
+        # The policy stays the small `tiny` one (often wrong: something to select among);
+        # the judge starts from the main job's weights (grm.init_from) and redoes each step.
+        g.policy_model = _tiny_model(c.model.copy_and_resolve_references())
+        g.critique = "worked"
+        g.max_new_tokens, g.seq_len = 192, 256
+        g.cold_start_steps = 800
+        g.policy_steps, g.policy_train_problems = 1200, 15_000
+        g.policy_train_sets = 3000
+        g.best_of_n_problems = 200
+        # The GRM phases fine-tune a trained model; the policy is trained from scratch.
+        c.optimizer.learning_rate, g.policy_learning_rate = 1e-3, 3e-3
     return c
 
 

@@ -39,7 +39,7 @@ from moe_jax.grm.reward import GRM_SPEC_FILE
 from moe_jax.grm.sampling import sample_texts
 from moe_jax.grm.spct import grpo_phase, rejective_sampling, with_unique_best
 from moe_jax.grm.teacher import CRITIQUES
-from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted, save_converted
+from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted, load_start, save_converted
 from moe_jax.models.config import ConfigError
 from moe_jax.rl.grpo import GRPOConfig
 
@@ -111,27 +111,28 @@ def _phase(workdir, name, log, build):
     return params, router_bias, info
 
 
-def _starting_point(config):
-    """(model_config, params, router_bias): an imported checkpoint (grm.init_from) or a
-    fresh init of config.model."""
+def _starting_point(config, log):
+    """(model_config, params, router_bias): grm.init_from (a `moe-jax convert` directory,
+    which brings its own model config, or a training workdir of config.model's shapes)
+    or a fresh init of config.model."""
     g = config.grm
     if g.init_from:
-        params, router_bias, model_config, _ = load_converted(g.init_from)
-        for name in ("dtype", "param_dtype", "remat_policy"):
-            if name in config.model:
-                model_config[name] = config.model[name]
-        return model_config, params, router_bias
+        return load_start(g.init_from, config.model, log)
     params, router_bias = init_params(config.model, config.train.seed, g.seq_len)
     return config.model, params, router_bias
 
 
 def _sft(model_config, params, router_bias, records, tokenizer, config, steps, seed, log,
-         seq_len=None):
+         seq_len=None, learning_rate=None):
     g = config.grm
+    opt = config.optimizer
+    if learning_rate:
+        opt = opt.copy_and_resolve_references()
+        opt.learning_rate = learning_rate
     params, router_bias, losses = finetune(
         model_config, params, router_bias, records, tokenizer, steps=steps,
         batch_size=config.train.batch_size, seq_len=seq_len or g.seq_len,
-        optimizer_config=config.optimizer, seed=seed, log=log)
+        optimizer_config=opt, seed=seed, log=log)
     return params, router_bias, {"records": len(records), "steps": steps,
                                  "final_loss": round(float(np.mean(losses[-10:])), 4)}
 
@@ -146,7 +147,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
 
     test_sets = preference_set("test", g.test_sets, num_responses=g.num_responses,
                                seed=config.data.seed, difficulty=difficulty)
-    model_config, params0, bias0 = _starting_point(config)
+    model_config, params0, bias0 = _starting_point(config, log)
 
     @functools.cache
     def policy():
@@ -279,10 +280,13 @@ def _policy(config, workdir, tokenizer, model_config, difficulty, log):
         problems = generate_split(get_task("arithmetic"), "train", g.policy_train_problems,
                                   seed=config.data.seed, **difficulty)
         records = [{"prompt": e.prompt, "solution": e.solution, "answer": e.answer} for e in problems]
-        p0, b0 = init_params(model_config, t.seed + 5, g.policy_seq_len)
-        p, b, info = _sft(model_config, p0, b0, records, tokenizer, config, g.policy_steps,
-                          t.seed + 5, log, seq_len=g.policy_seq_len)
-        return p, b, info, {}, model_config
+        # grm.policy_model: a policy of another architecture than the GRM's.
+        policy_config = g.policy_model if "policy_model" in g else model_config
+        p0, b0 = init_params(policy_config, t.seed + 5, g.policy_seq_len)
+        p, b, info = _sft(policy_config, p0, b0, records, tokenizer, config, g.policy_steps,
+                          t.seed + 5, log, seq_len=g.policy_seq_len,
+                          learning_rate=g.get("policy_learning_rate"))
+        return p, b, info, {}, policy_config
 
     params, router_bias, _ = _phase(workdir, "policy", log, build)
     # The saved policy's own architecture: a run may reuse a policy of another size.

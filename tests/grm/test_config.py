@@ -24,7 +24,7 @@ def test_bad_grm_config_names_the_field(overrides, field):
 
 
 def test_the_experiment_configs_validate():
-    for variant in ("tiny", "hf"):
+    for variant in ("tiny", "tiny_main", "hf"):
         validate_grm_config(load_config(f"experiments/grm_spct.py:{variant}"))
 
 
