@@ -158,21 +158,50 @@ def grade(query: str, response: str, label: str, show_work: bool = False) -> Fin
     return Finding(worked(f"{redone} ok") if show_work else f"{label} ok.", SCORE_RIGHT)
 
 
+def difference_query(own: int, answer: int) -> str:
+    """The task prompt whose value is own - answer, in the solver's own grammar (a first
+    term of digits, then signed terms): difference_query(53, 52) -> "0+53-52="."""
+    return f"0{'-' if own < 0 else '+'}{abs(own)}{'+' if answer < 0 else '-'}{abs(answer)}="
+
+
+def check_answer(query: str, response: str, label: str) -> Finding:
+    """The `solve` critique's verdict on one response: its final answer (what the verifier
+    checks) is copied and subtracted from the GRM's own, as a solver would solve that
+    subtraction; zero is "ok":
+
+        "R1 52: 0+53-52= +000+350=+350-250=+100>1 wrong."
+
+    so the verdict reads one digit the GRM has just computed, instead of comparing two
+    numbers far apart in its context.
+    """
+    total = sum(query_terms(query))
+    answer = response.rpartition(">")[2] if ">" in response else ""
+    if not re.fullmatch(r"-?\d+", answer):
+        return Finding(f"{label} no answer, wrong.", SCORE_UNREADABLE)
+    check = difference_query(total, int(answer))
+    right = int(answer) == total
+    return Finding(f"{label} {int(answer)}: {check} {solution(check)} {'ok' if right else 'wrong'}.",
+                   SCORE_RIGHT if right else SCORE_WRONG_ANSWER)
+
+
 def teacher_trajectory(query: str, responses: Sequence[str],
                        critique: str = "verdict") -> tuple[str, list[Finding]]:
     """The cold-start target for a GRM input: principles, one critique per response, scores.
 
     critique: "verdict" (the first error only), "worked" (every expected total first) or
-    "solve" (the GRM's own solution of the query first, then the verdicts: it solves the
-    problem as a solver would, right after the query it copies, and then only has to
-    compare, "Solve 12+34-5= +210+430=+640-500=+140>41. R1 ok. R2 ...").
+    "solve" (the GRM's own solution of the query first, written as a solver writes it
+    right after the query it copies; then each response's final answer checked against
+    it by a subtraction, `check_answer`: "Solve 12+34-5= +210+430=+640-500=+140>41.
+    R1 41: 0+41-41= +000+140=+140-140=+000>0 ok. R2 51: ... wrong.").
     """
     if critique not in CRITIQUES:
         raise ValueError(f"critique {critique!r}: expected one of {CRITIQUES}")
-    findings = [grade(query, r, f"R{i + 1}", show_work=critique == "worked")
-                for i, r in enumerate(responses)]
-    verdicts = " ".join(f.critique for f in findings)
     if critique == "solve":
-        verdicts = f"Solve {query} {solution(query)}. {verdicts}"
+        findings = [check_answer(query, r, f"R{i + 1}") for i, r in enumerate(responses)]
+        verdicts = f"Solve {query} {solution(query)}. " + " ".join(f.critique for f in findings)
+    else:
+        findings = [grade(query, r, f"R{i + 1}", show_work=critique == "worked")
+                    for i, r in enumerate(responses)]
+        verdicts = " ".join(f.critique for f in findings)
     text = trajectory(principles(query), verdicts, [f.score for f in findings])
     return text, findings
