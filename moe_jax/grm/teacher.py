@@ -158,29 +158,30 @@ def grade(query: str, response: str, label: str, show_work: bool = False) -> Fin
     return Finding(worked(f"{redone} ok") if show_work else f"{label} ok.", SCORE_RIGHT)
 
 
-def difference_query(own: int, answer: int) -> str:
-    """The task prompt whose value is own - answer, in the solver's own grammar (a first
-    term of digits, then signed terms): difference_query(53, 52) -> "0+53-52="."""
-    return f"0{'-' if own < 0 else '+'}{abs(own)}{'+' if answer < 0 else '-'}{abs(answer)}="
+def aligned(value: int, width: int = 3) -> str:
+    """Sign and digits, most significant first, zero-padded: aligned(52) -> "+052"."""
+    return ("-" if value < 0 else "+") + str(abs(value)).zfill(width)
 
 
 def check_answer(query: str, response: str, label: str) -> Finding:
     """The `solve` critique's verdict on one response: its final answer (what the verifier
-    checks) is copied and subtracted from the GRM's own, as a solver would solve that
-    subtraction; zero is "ok":
+    checks) and the GRM's own, written aligned, then their characters in pairs; any
+    unequal pair makes it wrong:
 
-        "R1 52: 0+53-52= +000+350=+350-250=+100>1 wrong."
+        "R1 +052 +053 ++ 00 55 23 wrong."
 
-    so the verdict reads one digit the GRM has just computed, instead of comparing two
-    numbers far apart in its context.
+    Each pair puts two characters side by side, so the verdict never compares two
+    numbers far apart in the GRM's context.
     """
     total = sum(query_terms(query))
     answer = response.rpartition(">")[2] if ">" in response else ""
     if not re.fullmatch(r"-?\d+", answer):
         return Finding(f"{label} no answer, wrong.", SCORE_UNREADABLE)
-    check = difference_query(total, int(answer))
+    width = max(3, len(str(abs(int(answer)))), len(str(abs(total))))
+    theirs, ours = aligned(int(answer), width), aligned(total, width)
+    pairs = " ".join(a + b for a, b in zip(theirs, ours))
     right = int(answer) == total
-    return Finding(f"{label} {int(answer)}: {check} {solution(check)} {'ok' if right else 'wrong'}.",
+    return Finding(f"{label} {theirs} {ours} {pairs} {'ok' if right else 'wrong'}.",
                    SCORE_RIGHT if right else SCORE_WRONG_ANSWER)
 
 
@@ -190,9 +191,9 @@ def teacher_trajectory(query: str, responses: Sequence[str],
 
     critique: "verdict" (the first error only), "worked" (every expected total first) or
     "solve" (the GRM's own solution of the query first, written as a solver writes it
-    right after the query it copies; then each response's final answer checked against
-    it by a subtraction, `check_answer`: "Solve 12+34-5= +210+430=+640-500=+140>41.
-    R1 41: 0+41-41= +000+140=+140-140=+000>0 ok. R2 51: ... wrong.").
+    right after the query it copies; then each response's final answer compared with
+    its own character by character, `check_answer`: "Solve 12+34-5= +210+430=+640-500=+140>41.
+    R1 +041 +041 ++ 00 44 11 ok. R2 +051 +041 ++ 00 54 11 wrong.").
     """
     if critique not in CRITIQUES:
         raise ValueError(f"critique {critique!r}: expected one of {CRITIQUES}")

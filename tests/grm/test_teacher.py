@@ -11,7 +11,7 @@ from moe_jax.grm.preferences import (CORRUPTIONS, cold_start_records, corrupt, p
 from moe_jax.grm.scores import parse_strict
 from moe_jax.grm.teacher import (SCORE_RIGHT, SCORE_UNREADABLE, SCORE_WRONG_ANSWER,
                                  SCORE_WRONG_STEP, grade, principles, query_terms,
-                                 check_answer, difference_query, read_number, solution, teacher_trajectory, write_number)
+                                 check_answer, read_number, solution, teacher_trajectory, write_number)
 from moe_jax.grm.voting import predicted_best
 
 QUERY = "12+34-5="
@@ -129,27 +129,19 @@ def test_the_teachers_own_solution_is_the_tasks_on_random_problems():
         assert solution(problem.prompt) == problem.solution, problem.prompt
 
 
-def test_solve_critique_solves_first_then_subtracts_each_answer_from_its_own():
+def test_solve_critique_solves_first_then_compares_each_answer_with_its_own():
     wrong, skipped = "+210+430=+650-500=+150>51", "+210+430=+640>46"
-    text, findings = teacher_trajectory(QUERY, [wrong, RIGHT, skipped, "+210+4"],
+    text, findings = teacher_trajectory(QUERY, [wrong, RIGHT, skipped, "+210+4", "+0>-1041"],
                                         critique="solve")
     assert text.splitlines()[1] == (
-        f"Critique: Solve {QUERY} {RIGHT}. "
-        "R1 51: 0+41-51= +000+140=+140-150=-010>-10 wrong. "
-        "R2 41: 0+41-41= +000+140=+140-140=+000>0 ok. "
-        "R3 46: 0+41-46= +000+140=+140-640=-500>-5 wrong. R4 no answer, wrong.")
+        f"Critique: Solve {QUERY} {RIGHT}. R1 +051 +041 ++ 00 54 11 wrong. "
+        "R2 +041 +041 ++ 00 44 11 ok. R3 +046 +041 ++ 00 44 61 wrong. R4 no answer, wrong. "
+        "R5 -1041 +0041 -+ 10 00 44 11 wrong.")
     assert [f.score for f in findings] == [SCORE_WRONG_ANSWER, SCORE_RIGHT, SCORE_WRONG_ANSWER,
-                                           SCORE_UNREADABLE]
+                                           SCORE_UNREADABLE, SCORE_WRONG_ANSWER]
     # Only the final answer counts, as for the verifier: a slipped chain that lands on
     # the right value is "ok".
     assert check_answer(QUERY, "+210+430=+650-500=+150>41", "R1").ok
-
-
-@pytest.mark.parametrize("own, answer", [(53, 52), (-21, -20), (-5, 7), (0, 0), (198, -99)])
-def test_difference_query_is_a_task_prompt_worth_own_minus_answer(own, answer):
-    query = difference_query(own, answer)
-    assert sum(query_terms(query)) == own - answer
-    assert solution(query).endswith(f">{own - answer}")
 
 
 def test_unknown_critique_style_names_the_choices():
