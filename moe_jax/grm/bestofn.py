@@ -5,6 +5,7 @@ For each held-out problem the policy samples n worked solutions; the GRM rates t
 random). Compared with:
 
     random   a uniformly random one of the n: the mean fraction of right samples
+    greedy   the policy's own greedy answer (temperature 0), for scale
     oracle   any of the n is right (pass@n): what a perfect judge would reach
 """
 
@@ -45,7 +46,12 @@ def best_of_n(policy_config, policy_params, policy_router_bias, grm_config, grm_
                                prompt_len=grm_prompt_len, max_new_tokens=grm_max_new_tokens,
                                rng=rng, batch_size=batch_size)
     picks = pick_best(ratings, np.random.default_rng(seed))
+    greedy = sample_texts(policy_config, policy_params, policy_router_bias,
+                          [p.prompt for p in problems], tokenizer, prompt_len=policy_prompt_len,
+                          max_new_tokens=policy_max_new_tokens, temperature=0.0, rng=rng,
+                          batch_size=batch_size)
     return {"n": n, "problems": len(problems),
             "random": float(right.mean()),
+            "greedy": float(np.mean([bool(verifier.verify(p, t or "")) for p, t in zip(problems, greedy)])),
             "grm": float(right[np.arange(len(problems)), picks].mean()),
             "oracle": float(right.max(axis=1).mean())}

@@ -1,4 +1,5 @@
-"""The inference-time scaling curve: best-response accuracy against k samples."""
+"""The GRM figures: the inference-time scaling curve (best-response accuracy against k
+samples) and best-of-n over a policy's own answers."""
 
 from __future__ import annotations
 
@@ -30,4 +31,24 @@ def plot_scaling(results: dict, path: str, title: str = "GRM inference-time scal
     ax.set_ylabel("held-out best-response accuracy")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower right")
+    return save(fig, path)
+
+
+def plot_best_of_n(best: dict, path: str, title: str = "Best-of-n with the GRM"):
+    """Held-out task accuracy of each way to answer from the policy's n samples (the
+    `best_of_n` entry of the pipeline's results): random pick, the policy's greedy answer
+    where measured, the GRM's pick and the oracle (pass@n). Writes a PNG to `path`."""
+    fig, ax = new_axes(figsize=(5, 3.5))
+    names = [("random", "random pick"), ("greedy", "policy greedy"), ("grm", "GRM pick"),
+             ("oracle", f"oracle (pass@{best['n']})")]
+    names = [(key, label) for key, label in names if key in best]
+    colors = {"grm": "tab:red", "oracle": "gray"}
+    bars = ax.bar([label for _, label in names], [best[key] for key, _ in names],
+                  color=[colors.get(key, "tab:blue") for key, _ in names])
+    for bar, (key, _) in zip(bars, names):
+        ax.annotate(f"{best[key]:.1%}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"held-out accuracy, {best['problems']} problems")
+    ax.set_title(f"{title} (n = {best['n']})")
     return save(fig, path)

@@ -266,8 +266,10 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     if g.figure:
-        from moe_jax.grm.figure import plot_scaling
+        from moe_jax.grm.figure import plot_best_of_n, plot_scaling
         plot_scaling(results, os.path.join(workdir, "grm_scaling.png"))
+        if "best_of_n" in results:
+            plot_best_of_n(results["best_of_n"], os.path.join(workdir, "best_of_n.png"))
     return summary
 
 
@@ -359,7 +361,8 @@ def format_table(results: dict, ks) -> str:
     if "best_of_n" in results:
         b = results["best_of_n"]
         lines.append("")
+        greedy = f", policy greedy {b['greedy']:.1%}" if "greedy" in b else ""
         lines.append(f"best-of-{b['n']} on {b['problems']} held-out problems: GRM pick "
-                     f"{b['grm']:.1%}, random pick {b['random']:.1%}, oracle (pass@{b['n']}) "
-                     f"{b['oracle']:.1%}")
+                     f"{b['grm']:.1%}, random pick {b['random']:.1%}{greedy}, oracle "
+                     f"(pass@{b['n']}) {b['oracle']:.1%}")
     return "\n".join(lines)

@@ -29,10 +29,13 @@ def test_pipeline_runs_every_phase_and_resumes(tmp_path):
         assert table["verifier"] == 1.0 and table["random"] == 0.5
         for k in (1, 2):
             assert 0.0 <= table[f"voting@{k}"] <= 1.0 and 0.0 <= table[f"metarm@{k}"] <= 1.0
-    assert set(results["best_of_n"]) >= {"grm", "random", "oracle"}
+    best = results["best_of_n"]
+    assert set(best) >= {"grm", "random", "greedy", "oracle"}
+    assert best["random"] <= best["oracle"] and best["grm"] <= best["oracle"]
     for phase in ("cold_start", "rft", "meta_rm", "rl", "policy"):
         assert os.path.exists(tmp_path / "models" / phase / "model_config.json"), phase
     assert os.path.getsize(tmp_path / "grm_scaling.png") > 1000
+    assert os.path.getsize(tmp_path / "best_of_n.png") > 1000
 
     # Rerunning loads every phase and the stored evaluations instead of recomputing them.
     logged = []
