@@ -165,13 +165,16 @@ def aligned(value: int, width: int = 3) -> str:
 
 def check_answer(query: str, response: str, label: str) -> Finding:
     """The `solve` critique's verdict on one response: its final answer (what the verifier
-    checks) and the GRM's own, written aligned, then their characters in pairs; any
-    unequal pair makes it wrong:
+    checks) and the GRM's own, written aligned, then their characters in pairs, each pair
+    followed by a running mark, "=" while every pair so far matched and "x" from the
+    first mismatch on; the verdict repeats the last mark:
 
-        "R1 +052 +053 ++ 00 55 23 wrong."
+        "R1 +052 +053 ++= 00= 55= 23x wrong."
 
-    Each pair puts two characters side by side, so the verdict never compares two
-    numbers far apart in the GRM's context.
+    Every token is then a local step: a pair copies two characters at a fixed offset,
+    a mark reads the pair just written and the mark before it, the verdict reads the last
+    mark. A tiny GRM fine-tuned on a bare list of pairs wrote the pairs right but could not
+    learn to read "is any pair unequal" from all of them at once.
     """
     total = sum(query_terms(query))
     answer = response.rpartition(">")[2] if ">" in response else ""
@@ -179,9 +182,12 @@ def check_answer(query: str, response: str, label: str) -> Finding:
         return Finding(f"{label} no answer, wrong.", SCORE_UNREADABLE)
     width = max(3, len(str(abs(int(answer)))), len(str(abs(total))))
     theirs, ours = aligned(int(answer), width), aligned(total, width)
-    pairs = " ".join(a + b for a, b in zip(theirs, ours))
+    marks, same = [], True
+    for a, b in zip(theirs, ours):
+        same = same and a == b
+        marks.append(f"{a}{b}{'=' if same else 'x'}")
     right = int(answer) == total
-    return Finding(f"{label} {theirs} {ours} {pairs} {'ok' if right else 'wrong'}.",
+    return Finding(f"{label} {theirs} {ours} {' '.join(marks)} {'ok' if right else 'wrong'}.",
                    SCORE_RIGHT if right else SCORE_WRONG_ANSWER)
 
 
@@ -193,7 +199,7 @@ def teacher_trajectory(query: str, responses: Sequence[str],
     "solve" (the GRM's own solution of the query first, written as a solver writes it
     right after the query it copies; then each response's final answer compared with
     its own character by character, `check_answer`: "Solve 12+34-5= +210+430=+640-500=+140>41.
-    R1 +041 +041 ++ 00 44 11 ok. R2 +051 +041 ++ 00 54 11 wrong.").
+    R1 +041 +041 ++= 00= 44= 11= ok. R2 +051 +041 ++= 00= 54x 11x wrong.").
     """
     if critique not in CRITIQUES:
         raise ValueError(f"critique {critique!r}: expected one of {CRITIQUES}")

@@ -134,9 +134,9 @@ def test_solve_critique_solves_first_then_compares_each_answer_with_its_own():
     text, findings = teacher_trajectory(QUERY, [wrong, RIGHT, skipped, "+210+4", "+0>-1041"],
                                         critique="solve")
     assert text.splitlines()[1] == (
-        f"Critique: Solve {QUERY} {RIGHT}. R1 +051 +041 ++ 00 54 11 wrong. "
-        "R2 +041 +041 ++ 00 44 11 ok. R3 +046 +041 ++ 00 44 61 wrong. R4 no answer, wrong. "
-        "R5 -1041 +0041 -+ 10 00 44 11 wrong.")
+        f"Critique: Solve {QUERY} {RIGHT}. R1 +051 +041 ++= 00= 54x 11x wrong. "
+        "R2 +041 +041 ++= 00= 44= 11= ok. R3 +046 +041 ++= 00= 44= 61x wrong. "
+        "R4 no answer, wrong. R5 -1041 +0041 -+x 10x 00x 44x 11x wrong.")
     assert [f.score for f in findings] == [SCORE_WRONG_ANSWER, SCORE_RIGHT, SCORE_WRONG_ANSWER,
                                            SCORE_UNREADABLE, SCORE_WRONG_ANSWER]
     # Only the final answer counts, as for the verifier: a slipped chain that lands on
