@@ -81,6 +81,7 @@ def get_config(arg=None):
     g.num_responses = 2  # responses per GRM input: Final Scores: [[a, b]]
     g.train_sets = 3000 if tiny else 20_000
     g.no_best_fraction = 0.2  # cold-start sets with all right / all wrong responses
+    g.no_best_all_wrong = 0.5  # the all-wrong share of those
     g.test_sets = 60 if tiny else 500  # held-out sets (problems of the test split)
     g.prompt_len = 56 if tiny else 256
     g.max_new_tokens = 152 if tiny else 256

@@ -74,6 +74,10 @@ def validate_grm_config(config):
     if g.policy_train_sets and not g.policy_steps:
         raise ConfigError("grm.policy_train_sets", g.policy_train_sets,
                           "0 when grm.policy_steps is 0 (there is no policy to sample)")
+    if not 0.0 <= g.no_best_fraction < 1.0:
+        raise ConfigError("grm.no_best_fraction", g.no_best_fraction, "a value in [0, 1)")
+    if not 0.0 <= g.no_best_all_wrong <= 1.0:
+        raise ConfigError("grm.no_best_all_wrong", g.no_best_all_wrong, "a value in [0, 1]")
     if g.critique not in CRITIQUES:
         raise ConfigError("grm.critique", g.critique, f"one of {CRITIQUES}")
     if config.data.task != "arithmetic":
@@ -158,6 +162,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
         """Built only when a phase still to run needs them (the policy's samples cost)."""
         sets = preference_set("train", g.train_sets, num_responses=g.num_responses,
                               seed=config.data.seed, no_best_fraction=g.no_best_fraction,
+                              all_wrong_share=g.no_best_all_wrong,
                               difficulty=difficulty)
         if g.policy_train_sets:
             own = _policy_sets(config, tokenizer, *policy(), difficulty)

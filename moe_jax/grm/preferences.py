@@ -100,23 +100,28 @@ def labelled(problem: Example, responses) -> PreferenceExample:
 
 
 def preference_set(split: str, num_sets: int, *, num_responses: int = 2, seed: int = 0,
-                   no_best_fraction: float = 0.0, difficulty: dict | None = None):
+                   no_best_fraction: float = 0.0, all_wrong_share: float = 0.5,
+                   difficulty: dict | None = None):
     """`num_sets` preference sets over distinct problems of the task's `split`.
 
     Each set has one correct response at a random position and num_responses - 1
-    corruptions, except a `no_best_fraction` of them that have all wrong or all right.
+    corruptions, except a `no_best_fraction` of them that have all wrong (an
+    `all_wrong_share` of those) or all right. All-wrong sets are where a GRM that copies
+    a response's working as its own solution, instead of solving, is always wrong.
     """
     if num_responses < 2:
         raise ValueError(f"num_responses: expected at least 2 (a preference), got {num_responses}")
     if not 0.0 <= no_best_fraction < 1.0:
         raise ValueError(f"no_best_fraction: expected a value in [0, 1), got {no_best_fraction}")
+    if not 0.0 <= all_wrong_share <= 1.0:
+        raise ValueError(f"all_wrong_share: expected a value in [0, 1], got {all_wrong_share}")
     problems = generate_split(get_task("arithmetic"), split, num_sets, seed=seed,
                               **(difficulty or {}))
     rng = np.random.default_rng([seed, 7, ("train", "test").index(split)])
     sets = []
     for problem in problems:
         if rng.random() < no_best_fraction:
-            all_right = rng.random() < 0.5
+            all_right = rng.random() < 1.0 - all_wrong_share
             responses = [problem.solution if all_right else wrong_solution(problem, rng)
                          for _ in range(num_responses)]
         else:

@@ -88,6 +88,16 @@ def test_preference_sets_label_the_one_right_response_and_keep_splits_apart():
             assert predicted_best(parsed.scores) == s.best
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_all_wrong_share_decides_what_the_sets_without_a_best_hold(share):
+    sets = preference_set("train", 40, seed=1, no_best_fraction=0.5, all_wrong_share=share)
+    no_best = [s for s in sets if s.best is None]
+    assert 5 < len(no_best) < 35
+    assert all(not any(s.correct) if share else all(s.correct) for s in no_best)
+    with pytest.raises(ValueError, match="all_wrong_share"):
+        preference_set("train", 2, no_best_fraction=0.5, all_wrong_share=-0.1)
+
+
 def test_sets_from_policy_samples_pair_a_right_sample_with_a_wrong_one():
     problem = get_task("arithmetic").from_record(
         {"prompt": "12+34-5=", "solution": RIGHT, "answer": "41"})
