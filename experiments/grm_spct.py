@@ -124,7 +124,8 @@ def get_config(arg=None):
     g.policy_temperature = 1.0
     g.best_of_n = 4
     g.best_of_n_problems = 50 if tiny else 500
-    g.best_of_n_grm_samples = 2
+    g.best_of_n_grm_samples = 2  # per pair the GRM reads
+    g.best_of_n_pairing = "round_robin"  # moe_jax/grm/judge.py
     g.figure = True
 
     if variant == "tiny_main":

@@ -5,7 +5,11 @@ can be rated in several inputs and its scores summed, exactly as Voting@k sums o
 samples. A tiny GRM trained on pairs is shown pairs:
 
     round_robin  every unordered pair (i, j), i < j: n (n - 1) / 2 inputs; every
-                 candidate meets every other (best-of-n selection)
+                 candidate meets every other
+    both_orders  every ordered pair (i, j), i != j: n (n - 1) inputs; each candidate is
+                 R1 as often as R2, so a GRM's position bias (e.g. taking R1's working
+                 for its own) cancels instead of favouring the lower-numbered samples
+                 (best-of-n selection)
     cyclic       (i, i + 1 mod n): n inputs, two per candidate (cheap enough to be a
                  GRPO reward for groups of n samples)
 
@@ -21,12 +25,14 @@ from moe_jax.grm.format import grm_prompt
 from moe_jax.grm.sampling import sample_trajectories
 from moe_jax.grm.scores import get_parser
 
-PAIRINGS = ("round_robin", "cyclic")
+PAIRINGS = ("round_robin", "both_orders", "cyclic")
 
 
 def pairs(n: int, pairing: str) -> list[tuple[int, int]]:
     if pairing == "round_robin":
         return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    if pairing == "both_orders":
+        return [(i, j) for i in range(n) for j in range(n) if i != j]
     if pairing == "cyclic":
         return [(i, (i + 1) % n) for i in range(n)] if n > 2 else pairs(n, "round_robin")
     raise ValueError(f"pairing={pairing!r}: expected one of {PAIRINGS}")

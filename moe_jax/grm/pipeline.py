@@ -34,6 +34,7 @@ from moe_jax.grm.bestofn import best_of_n
 from moe_jax.grm.evaluate import evaluate_grm
 from moe_jax.grm.finetune import finetune, init_params
 from moe_jax.grm.format import META_SUFFIX
+from moe_jax.grm.judge import PAIRINGS
 from moe_jax.grm.preferences import cold_start_records, preference_set, sampled_sets
 from moe_jax.grm.reward import GRM_SPEC_FILE
 from moe_jax.grm.sampling import sample_texts
@@ -78,6 +79,8 @@ def validate_grm_config(config):
         raise ConfigError("grm.no_best_fraction", g.no_best_fraction, "a value in [0, 1)")
     if not 0.0 <= g.no_best_all_wrong <= 1.0:
         raise ConfigError("grm.no_best_all_wrong", g.no_best_all_wrong, "a value in [0, 1]")
+    if g.best_of_n_pairing not in PAIRINGS:
+        raise ConfigError("grm.best_of_n_pairing", g.best_of_n_pairing, f"one of {PAIRINGS}")
     if g.critique not in CRITIQUES:
         raise ConfigError("grm.critique", g.critique, f"one of {CRITIQUES}")
     if config.data.task != "arithmetic":
@@ -332,7 +335,7 @@ def _best_of_n(config, tokenizer, policy_config, policy_params, policy_bias, grm
                     grm_k=g.best_of_n_grm_samples, grm_temperature=g.eval_temperature,
                     grm_prompt_len=g.prompt_len, grm_max_new_tokens=g.max_new_tokens,
                     rng=jax.random.PRNGKey(t.seed + 23), batch_size=g.generate_batch_size,
-                    seed=t.seed)
+                    pairing=g.best_of_n_pairing, seed=t.seed)
     log(f"  best-of-{g.best_of_n}: {out}")
     return out
 

@@ -15,6 +15,7 @@ from moe_jax.models.config import ConfigError
     ({"policy_train_sets": -1}, "grm.policy_train_sets"),
     ({"test_sets": 0}, "grm.test_sets"),
     ({"eval_ks": (1, 3, 16)}, "grm.eval_ks"),
+    ({"best_of_n_pairing": "swiss"}, "grm.best_of_n_pairing"),
     ({"no_best_fraction": 1.0}, "grm.no_best_fraction"),
     ({"no_best_all_wrong": 1.5}, "grm.no_best_all_wrong"),
 ])

@@ -15,6 +15,7 @@ from moe_jax.rl.loop import configured_reward
 
 def test_pairings():
     assert pairs(3, "round_robin") == [(0, 1), (0, 2), (1, 2)]
+    assert pairs(3, "both_orders") == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
     assert pairs(4, "cyclic") == [(0, 1), (1, 2), (2, 3), (3, 0)]
     assert pairs(2, "cyclic") == [(0, 1)]  # (1, 0) would judge the same pair twice
     with pytest.raises(ValueError, match="pairing"):
