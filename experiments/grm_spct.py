@@ -93,6 +93,7 @@ def get_config(arg=None):
     # every step before its verdict (moe_jax/grm/teacher.py), which needs longer
     # trajectories: tiny with grm.max_new_tokens=192 and grm.seq_len=256.
     g.critique = "verdict"
+    g.response_view = "full"  # "answer": the GRM reads final answers only (critique "solve")
     g.cold_start_steps = 120 if tiny else 2000
     g.rft_sets = 120 if tiny else 4000
     g.rft_samples = 4 if tiny else 8

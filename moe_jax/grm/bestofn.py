@@ -30,8 +30,8 @@ def best_of_n(policy_config, policy_params, policy_router_bias, grm_config, grm_
               grm_router_bias, problems, tokenizer, *, n: int, policy_temperature: float,
               policy_prompt_len: int, policy_max_new_tokens: int, grm_k: int,
               grm_temperature: float, grm_prompt_len: int, grm_max_new_tokens: int, rng,
-              batch_size: int, pairing: str = "both_orders", task: str = "arithmetic",
-              seed: int = 0) -> dict[str, float]:
+              batch_size: int, pairing: str = "both_orders", view: str = "full",
+              task: str = "arithmetic", seed: int = 0) -> dict[str, float]:
     """Held-out accuracy of the GRM's pick among n policy samples, against random and oracle."""
     verifier = get_task(task)
     repeated = [p.prompt for p in problems for _ in range(n)]
@@ -43,7 +43,7 @@ def best_of_n(policy_config, policy_params, policy_router_bias, grm_config, grm_
                       for p, row in zip(problems, candidates)], np.float64)
     ratings = judge_candidates(grm_config, grm_params, grm_router_bias,
                                [p.prompt for p in problems], candidates, tokenizer,
-                               pairing=pairing, k=grm_k, temperature=grm_temperature,
+                               pairing=pairing, view=view, k=grm_k, temperature=grm_temperature,
                                prompt_len=grm_prompt_len, max_new_tokens=grm_max_new_tokens,
                                rng=rng, batch_size=batch_size)
     picks = pick_best(ratings, np.random.default_rng(seed))

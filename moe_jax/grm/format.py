@@ -27,6 +27,12 @@ CRITIQUE = "Critique:"
 FINAL_SCORES = "Final Scores:"
 MIN_SCORE, MAX_SCORE = 1, 10
 
+# What of each response the GRM is shown: "full" (the worked solution) or "answer" (only
+# its final answer, ">41"). A GRM that checks answers against its own solution (the
+# `solve` critique) shown full responses learns to copy one response's working as its
+# own solution; shown answers only, it has nothing to copy and has to solve.
+RESPONSE_VIEWS = ("full", "answer")
+
 META_SUFFIX = "\nVerdict right?"
 META_YES, META_NO = "Y", "N"
 
@@ -40,6 +46,17 @@ def grm_prompt(query: str, responses: Sequence[str]) -> str:
             raise ValueError(f"responses[{i}]: expected a single line, got {response!r}")
     lines = [f"Q:{query}"] + [f"R{i + 1}:{r}" for i, r in enumerate(responses)]
     return "\n".join(lines) + "\n"
+
+
+def shown_response(response: str, view: str = "full") -> str:
+    """What the GRM reads of `response` (RESPONSE_VIEWS). In the worked-solution format the
+    final answer follows the last ">"; a response without one shows as "" (no answer)."""
+    if view == "full":
+        return response
+    if view == "answer":
+        head, sep, answer = response.rpartition(">")
+        return f">{answer.strip()}" if sep else ""
+    raise ValueError(f"view {view!r}: expected one of {RESPONSE_VIEWS}")
 
 
 def scores_line(scores: Sequence[int]) -> str:

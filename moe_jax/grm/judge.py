@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moe_jax.grm.format import grm_prompt
+from moe_jax.grm.format import grm_prompt, shown_response
 from moe_jax.grm.sampling import sample_trajectories
 from moe_jax.grm.scores import get_parser
 
@@ -45,13 +45,15 @@ def _one_line(response) -> str:
 def judge_candidates(model_config, params, router_bias, queries, candidates, tokenizer, *,
                      pairing: str = "round_robin", k: int = 1, temperature: float = 0.5,
                      prompt_len: int, max_new_tokens: int, rng, batch_size: int,
-                     parser: str = "tolerant"):
-    """queries [Q] (task prompts), candidates [Q][n] responses -> ratings float [Q, n]."""
+                     parser: str = "tolerant", view: str = "full"):
+    """queries [Q] (task prompts), candidates [Q][n] responses -> ratings float [Q, n].
+    view: what the GRM reads of each response (format.RESPONSE_VIEWS, as it was trained)."""
     parse = get_parser(parser)
     inputs, owners = [], []
     for q, (query, answers) in enumerate(zip(queries, candidates)):
         for i, j in pairs(len(answers), pairing):
-            inputs.append(grm_prompt(query, [_one_line(answers[i]), _one_line(answers[j])]))
+            shown = [shown_response(_one_line(answers[c]), view) for c in (i, j)]
+            inputs.append(grm_prompt(query, shown))
             owners.append((q, i, j))
     # A policy's samples can be longer than the sets the GRM was trained on: widen the
     # prompt (in steps of 16, to keep the number of compiled shapes small) rather than cut them.

@@ -19,6 +19,7 @@ directory exists: rerunning the command continues after the last finished phase.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -33,7 +34,7 @@ from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.grm.bestofn import best_of_n
 from moe_jax.grm.evaluate import evaluate_grm
 from moe_jax.grm.finetune import finetune, init_params
-from moe_jax.grm.format import META_SUFFIX
+from moe_jax.grm.format import META_SUFFIX, RESPONSE_VIEWS, shown_response
 from moe_jax.grm.judge import PAIRINGS
 from moe_jax.grm.preferences import cold_start_records, preference_set, sampled_sets
 from moe_jax.grm.reward import GRM_SPEC_FILE
@@ -83,8 +84,19 @@ def validate_grm_config(config):
         raise ConfigError("grm.best_of_n_pairing", g.best_of_n_pairing, f"one of {PAIRINGS}")
     if g.critique not in CRITIQUES:
         raise ConfigError("grm.critique", g.critique, f"one of {CRITIQUES}")
+    if g.response_view not in RESPONSE_VIEWS:
+        raise ConfigError("grm.response_view", g.response_view, f"one of {RESPONSE_VIEWS}")
+    if g.response_view != "full" and g.critique != "solve":
+        raise ConfigError("grm.response_view", g.response_view,
+                          f"'full' with grm.critique={g.critique!r} (it grades the working)")
     if config.data.task != "arithmetic":
         raise ConfigError("data.task", config.data.task, "'arithmetic' (the teacher grades its chains)")
+
+
+def _shown(sets, view):
+    """The sets as the GRM reads them (grm.response_view); labels stay the verifier's."""
+    return [dataclasses.replace(s, responses=tuple(shown_response(r, view) for r in s.responses))
+            for s in sets]
 
 
 def _save(directory, params, router_bias, model_config, spec):
@@ -152,8 +164,9 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     difficulty = dict(config.data.difficulty)
     start_time = time.time()
 
-    test_sets = preference_set("test", g.test_sets, num_responses=g.num_responses,
-                               seed=config.data.seed, difficulty=difficulty)
+    test_sets = _shown(preference_set("test", g.test_sets, num_responses=g.num_responses,
+                                      seed=config.data.seed, difficulty=difficulty),
+                       g.response_view)
     model_config, params0, bias0 = _starting_point(config, log)
 
     @functools.cache
@@ -173,10 +186,10 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
                 f"({sum(s.best is None for s in own)} all wrong)")
             sets = sets + own
             sets = [sets[i] for i in np.random.default_rng(config.data.seed).permutation(len(sets))]
-        return sets
+        return _shown(sets, g.response_view)
 
     spec = {"max_new_tokens": g.max_new_tokens, "prompt_len": g.prompt_len,
-            "num_responses": g.num_responses}
+            "num_responses": g.num_responses, "response_view": g.response_view}
     gen = dict(prompt_len=g.prompt_len, max_new_tokens=g.max_new_tokens,
                batch_size=g.generate_batch_size)
     meta_prompt_len = g.prompt_len + g.max_new_tokens + len(META_SUFFIX) + 1
@@ -335,7 +348,7 @@ def _best_of_n(config, tokenizer, policy_config, policy_params, policy_bias, grm
                     grm_k=g.best_of_n_grm_samples, grm_temperature=g.eval_temperature,
                     grm_prompt_len=g.prompt_len, grm_max_new_tokens=g.max_new_tokens,
                     rng=jax.random.PRNGKey(t.seed + 23), batch_size=g.generate_batch_size,
-                    pairing=g.best_of_n_pairing, seed=t.seed)
+                    pairing=g.best_of_n_pairing, view=g.response_view, seed=t.seed)
     log(f"  best-of-{g.best_of_n}: {out}")
     return out
 

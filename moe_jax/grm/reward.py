@@ -28,7 +28,8 @@ GRM_SPEC_FILE = "grm_spec.json"  # generation settings saved next to the GRM's w
 
 def grm_reward_fn(model_config, params, router_bias, tokenizer, *, group_size: int, k: int = 1,
                   temperature: float = 0.5, prompt_len: int, max_new_tokens: int,
-                  batch_size: int = 256, task: str = "arithmetic", seed: int = 0):
+                  batch_size: int = 256, task: str = "arithmetic", seed: int = 0,
+                  view: str = "full"):
     """-> reward_fn(examples, responses) for moe_jax.rl.rollout.sample_groups / train_grpo."""
     verifier = get_task(task)
     calls = [0]
@@ -43,7 +44,8 @@ def grm_reward_fn(model_config, params, router_bias, tokenizer, *, group_size: i
         ratings = judge_candidates(model_config, params, router_bias, queries, candidates,
                                    tokenizer, pairing="cyclic", k=k, temperature=temperature,
                                    prompt_len=prompt_len, max_new_tokens=max_new_tokens,
-                                   rng=jax.random.PRNGKey(seed + calls[0]), batch_size=batch_size)
+                                   rng=jax.random.PRNGKey(seed + calls[0]), batch_size=batch_size,
+                                   view=view)
         calls[0] += 1
         reward = np.clip((ratings.reshape(-1) - MIN_SCORE) / (MAX_SCORE - MIN_SCORE), 0.0, 1.0)
         correct = [bool(verifier.verify(e, r)) for e, r in zip(examples, responses)]
@@ -80,4 +82,5 @@ def reward_fn_from_config(config, tokenizer):
     return grm_reward_fn(model_config, params, router_bias, tokenizer, group_size=r.group_size,
                          k=r.get("grm_samples", 1), temperature=r.get("grm_temperature", 0.5),
                          prompt_len=prompt_len, max_new_tokens=max_new_tokens,
-                         task=config.data.task, seed=config.train.seed)
+                         task=config.data.task, seed=config.train.seed,
+                         view=spec.get("response_view", "full"))

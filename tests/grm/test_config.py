@@ -16,6 +16,8 @@ from moe_jax.models.config import ConfigError
     ({"test_sets": 0}, "grm.test_sets"),
     ({"eval_ks": (1, 3, 16)}, "grm.eval_ks"),
     ({"best_of_n_pairing": "swiss"}, "grm.best_of_n_pairing"),
+    ({"response_view": "digits"}, "grm.response_view"),
+    ({"response_view": "answer", "critique": "worked"}, "grm.response_view"),
     ({"no_best_fraction": 1.0}, "grm.no_best_fraction"),
     ({"no_best_all_wrong": 1.5}, "grm.no_best_all_wrong"),
 ])

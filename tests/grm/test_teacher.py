@@ -8,6 +8,7 @@ from moe_jax.data.tasks import generate_split, get_task
 from moe_jax.data.tasks.arithmetic import worked_solution
 from moe_jax.grm.preferences import (CORRUPTIONS, cold_start_records, corrupt, preference_set,
                                      sampled_sets)
+from moe_jax.grm.format import shown_response
 from moe_jax.grm.scores import parse_strict
 from moe_jax.grm.teacher import (SCORE_RIGHT, SCORE_UNREADABLE, SCORE_WRONG_ANSWER,
                                  SCORE_WRONG_STEP, grade, principles, query_terms,
@@ -96,6 +97,20 @@ def test_all_wrong_share_decides_what_the_sets_without_a_best_hold(share):
     assert all(not any(s.correct) if share else all(s.correct) for s in no_best)
     with pytest.raises(ValueError, match="all_wrong_share"):
         preference_set("train", 2, no_best_fraction=0.5, all_wrong_share=-0.1)
+
+
+def test_the_answer_view_shows_what_the_verifier_reads_and_the_solve_critique_is_unchanged():
+    assert shown_response(RIGHT, "answer") == ">41"
+    assert shown_response("+210+430=+640", "answer") == ""  # no final answer
+    assert shown_response(RIGHT, "full") == RIGHT
+    with pytest.raises(ValueError, match="view"):
+        shown_response(RIGHT, "digits")
+    verifier = get_task("arithmetic")
+    for s in preference_set("train", 30, seed=3, no_best_fraction=0.3):
+        shown = [shown_response(r, "answer") for r in s.responses]
+        assert [verifier.verify(s.problem, r) for r in shown] == list(s.correct)
+        full, _ = teacher_trajectory(s.problem.prompt, s.responses, "solve")
+        assert teacher_trajectory(s.problem.prompt, shown, "solve")[0] == full
 
 
 def test_sets_from_policy_samples_pair_a_right_sample_with_a_wrong_one():
