@@ -27,7 +27,9 @@ Variants:
          2-operand problems of up to 2 digits
   tiny_main  the GRM is the README's main-job model, started from its trained workdir
          (pretrain_arith.py:tiny, 2-3 operands, 89% held-out): a judge that adds better
-         than the tiny policy it judges. It writes the worked critique; 40-60 minutes:
+         than the tiny policy it judges. It solves the problem itself and checks each
+         response's final answer against its own (critique "solve", shown final answers
+         only); best-of-4 over 1000 held-out problems. 40-60 minutes:
          python -m moe_jax.main --config=experiments/pretrain_arith.py:tiny --workdir=runs/arith
          python -m moe_jax.main --config=experiments/grm_spct.py:tiny_main --workdir=runs/grm_main \\
              --config.grm.init_from=runs/arith
@@ -131,14 +133,21 @@ def get_config(arg=None):
 
     if variant == "tiny_main":
         # The policy stays the small `tiny` one (often wrong: something to select among);
-        # the judge starts from the main job's weights (grm.init_from) and redoes each step.
+        # the judge starts from the main job's weights (grm.init_from) and solves the
+        # problem itself. Shown the responses' working, it copied one as its own solution
+        # (right 58% of the time, where the main job alone solves 98%); shown their final
+        # answers only, and with many all-wrong sets in the cold start (copying an answer
+        # never pays there), its own solution is right 83-91% of the time.
         g.policy_model = _tiny_model(c.model.copy_and_resolve_references())
-        g.critique = "worked"
+        g.critique, g.response_view = "solve", "answer"
+        g.no_best_fraction, g.no_best_all_wrong = 0.6, 0.8
         g.max_new_tokens, g.seq_len = 192, 256
         g.cold_start_steps = 800
         g.policy_steps, g.policy_train_problems = 1200, 15_000
         g.policy_train_sets = 3000
-        g.best_of_n_problems = 200
+        # Every sample is R1 as often as R2 (the judge favours R1), one GRM sample per
+        # ordered pair: the cost of 2 samples per unordered pair.
+        g.best_of_n_problems, g.best_of_n_pairing, g.best_of_n_grm_samples = 1000, "both_orders", 1
         # The GRM phases fine-tune a trained model; the policy is trained from scratch.
         c.optimizer.learning_rate, g.policy_learning_rate = 1e-3, 3e-3
     return c

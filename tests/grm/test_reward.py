@@ -46,3 +46,30 @@ def test_grm_reward_scores_every_response_of_a_group(tmp_path):
     out = reward_fn(examples, ["+10+20=+30>3", "+10+20=+40>4", "x", "+50-70=-20>-2"])
     assert out["reward"].shape == (4,) and np.all((out["reward"] >= 0) & (out["reward"] <= 1))
     np.testing.assert_array_equal(out["correct"], [1, 0, 0, 1])
+
+
+def test_both_orders_cancel_a_judge_that_always_prefers_r1(monkeypatch):
+    """A judge that always scores R1 9 and R2 3: round robin ranks sample 0 first, both
+    orders rate every sample alike. The answer view shows the GRM final answers only."""
+    from moe_jax.grm import judge
+
+    seen = []
+
+    def always_r1(model_config, params, router_bias, inputs, tokenizer, *, k, **_):
+        seen.extend(inputs)
+        return [["Final Scores: [[9, 3]]"] * k for _ in inputs]
+
+    monkeypatch.setattr(judge, "sample_trajectories", always_r1)
+    config = ml_collections.ConfigDict({"max_seq_len": 512})
+    samples = [["+10+20=+30>3", "+10+20=+40>4", "+10+20=+30>3", "junk"]]
+    common = dict(prompt_len=16, max_new_tokens=8, rng=None, batch_size=4)
+    tok = get_tokenizer("char")
+    rr = judge.judge_candidates(config, None, None, ["1+2="], samples, tok,
+                                pairing="round_robin", **common)
+    assert rr[0, 0] == 9 and rr[0, 3] == 3 and rr[0].argmax() == 0
+    seen.clear()
+    both = judge.judge_candidates(config, None, None, ["1+2="], samples, tok,
+                                  pairing="both_orders", view="answer", **common)
+    np.testing.assert_allclose(both[0], 6.0)
+    assert len(seen) == 12 and "Q:1+2=\nR1:>3\nR2:>4\n" in seen
+    assert all("=" not in line for p in seen for line in p.splitlines()[1:])
