@@ -6,7 +6,9 @@
                init, an imported checkpoint (grm.init_from) or the policy
                (grm.init_from_policy)
     RFT        k samples per training set, keep the accepted ones, fine-tune on them
-    meta RM    the RFT model fine-tuned to say Y/N: is this trajectory's verdict right?
+    meta RM    the RFT model fine-tuned to say Y/N: is this trajectory's verdict right? on
+               RFT's samples, or (grm.meta_sets) on the RFT model's own at the evaluation
+               temperature
     RL         GRPO on the rule-based reward (+1 / -1), from the RFT model
     evaluate   held-out best-response accuracy: greedy, Voting@k, MetaRM@k, after RFT
                and after RFT + RL; best-of-n over a policy's own samples
@@ -39,7 +41,7 @@ from moe_jax.grm.judge import PAIRINGS
 from moe_jax.grm.preferences import cold_start_records, preference_set, sampled_sets
 from moe_jax.grm.reward import GRM_SPEC_FILE
 from moe_jax.grm.sampling import sample_texts
-from moe_jax.grm.spct import grpo_phase, rejective_sampling, with_unique_best
+from moe_jax.grm.spct import grpo_phase, meta_sampling, rejective_sampling, with_unique_best
 from moe_jax.grm.teacher import CRITIQUES
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted, load_start, save_converted
 from moe_jax.models.config import ConfigError
@@ -56,11 +58,13 @@ def validate_grm_config(config):
     for name in ("num_responses", "train_sets", "test_sets", "prompt_len", "max_new_tokens",
                  "cold_start_steps", "rft_sets", "rft_samples", "rft_steps", "meta_steps",
                  "rl_steps", "rl_batch_size", "rl_group_size", "generate_batch_size",
-                 "policy_steps", "best_of_n", "best_of_n_problems", "policy_train_sets"):
-        if not isinstance(g[name], int) or g[name] < (0 if name.startswith("policy") or
-                                                       name.endswith("steps") else 1):
-            raise ConfigError(f"grm.{name}", g[name], "a positive integer (steps and policy "
-                              "counts may be 0)")
+                 "policy_steps", "best_of_n", "best_of_n_problems", "policy_train_sets",
+                 "meta_sets", "meta_samples"):
+        if not isinstance(g[name], int) or g[name] < (
+                0 if name.startswith("policy") or name.endswith("steps") or name == "meta_sets"
+                else 1):
+            raise ConfigError(f"grm.{name}", g[name], "a positive integer (steps, policy "
+                              "counts and meta_sets may be 0)")
     if g.rl_group_size < 2:
         raise ConfigError("grm.rl_group_size", g.rl_group_size, "at least 2 (GRPO compares a group)")
     if g.prompt_len + g.max_new_tokens > config.model.max_seq_len:
@@ -239,10 +243,21 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     rft_params, rft_bias, rft_info = _phase(workdir, "rft", log, rft)
 
     def meta_rm():
-        records = meta_records or json.load(open(os.path.join(workdir, "meta_records.json")))
+        stats = {}
+        if g.meta_sets:
+            # The sets after RFT's (wrapping round when there are too few): trajectories
+            # of the RFT model at the evaluation temperature, what the meta RM will rate.
+            pool = with_unique_best(train_sets())
+            sets = [pool[(g.rft_sets + i) % len(pool)] for i in range(g.meta_sets)]
+            records, stats = meta_sampling(
+                model_config, rft_params, rft_bias, sets, tokenizer, k=g.meta_samples,
+                temperature=g.eval_temperature, rng=jax.random.fold_in(base_rng, 3), **gen)
+            log(f"  meta RM sampling: {stats}")
+        else:
+            records = meta_records or json.load(open(os.path.join(workdir, "meta_records.json")))
         p, b, info = _sft(model_config, rft_params, rft_bias, records, tokenizer, config,
                           g.meta_steps, t.seed + 2, log, seq_len=meta_prompt_len + 2)
-        return p, b, info, spec, model_config
+        return p, b, dict(info, **stats), spec, model_config
 
     meta_params, meta_bias, _ = _phase(workdir, "meta_rm", log, meta_rm)
 

@@ -5,7 +5,9 @@ Phase 1 (after a cold start on the teacher's targets):
   rejective sampling  k trajectories per training input at a temperature; keep those
                       whose scores rank the labelled best response strictly first
                       (voting.rft_select), then fine-tune on the kept ones.
-  meta RM data        every sampled trajectory, labelled Y when its verdict is right.
+  meta RM data        every sampled trajectory, labelled Y when its verdict is right:
+                      RFT's own samples, or (meta_sampling) samples of the RFT model at
+                      the temperature the meta RM will meet at inference.
 Phase 2:
   GRPO where the GRM is the policy, a preference set is the prompt, and a trajectory
   earns voting.rule_reward: +1 if its scores single out the best response, else -1.
@@ -56,16 +58,44 @@ def rejective_sampling(model_config, params, router_bias, sets, tokenizer, *, k:
         kept = rft_select(parsed, s.best, drop_too_easy=drop_too_easy)
         too_easy += len(accepted) == len(texts)
         rft += [{"prompt": s.prompt, "solution": texts[i], "answer": ""} for i in kept]
-        for t in texts:
-            right = verdict_correct(parse_tolerant(t, s.num_responses), s.best)
-            meta.append({"prompt": meta_prompt(s.prompt, t),
-                         "solution": META_YES if right else META_NO, "answer": ""})
+        meta += meta_labelled(s, texts)
     stats = {"inputs": len(sets), "trajectories": len(sets) * k,
              "accept_rate": accepted_total / max(len(sets) * k, 1),
              "too_easy_inputs": too_easy, "rft_records": len(rft),
-             "meta_yes_fraction": float(np.mean([m["solution"] == META_YES for m in meta]))
-             if meta else 0.0}
+             "meta_yes_fraction": yes_fraction(meta)}
     return rft, meta, stats
+
+
+def meta_labelled(preference_set, trajectories) -> list[dict]:
+    """Meta RM records of one set's trajectories: Y when the tolerant parser (the one
+    inference votes with) reads a verdict that singles out the labelled best."""
+    out = []
+    for t in trajectories:
+        right = verdict_correct(parse_tolerant(t, preference_set.num_responses),
+                                preference_set.best)
+        out.append({"prompt": meta_prompt(preference_set.prompt, t),
+                    "solution": META_YES if right else META_NO, "answer": ""})
+    return out
+
+
+def yes_fraction(meta_records) -> float:
+    return float(np.mean([m["solution"] == META_YES for m in meta_records])) if meta_records else 0.0
+
+
+def meta_sampling(model_config, params, router_bias, sets, tokenizer, *, k: int,
+                  temperature: float, prompt_len: int, max_new_tokens: int, rng,
+                  batch_size: int):
+    """-> (meta_records, stats): k trajectories per unique-best set from the model whose
+    samples the meta RM will rate, at the temperature it will meet them at. RFT's samples
+    come from the cold-start model at the RFT temperature, a different distribution."""
+    sets = with_unique_best(sets)
+    samples = sample_trajectories(model_config, params, router_bias, [s.prompt for s in sets],
+                                  tokenizer, k=k, prompt_len=prompt_len,
+                                  max_new_tokens=max_new_tokens, temperature=temperature,
+                                  rng=rng, batch_size=batch_size)
+    meta = [m for s, texts in zip(sets, samples) for m in meta_labelled(s, texts)]
+    return meta, {"meta_inputs": len(sets), "meta_trajectories": len(meta),
+                  "meta_yes_fraction": yes_fraction(meta)}
 
 
 def rule_rewards(examples, responses, *, parser: str = "tolerant"):

@@ -20,6 +20,8 @@ from moe_jax.models.config import ConfigError
     ({"response_view": "answer", "critique": "worked"}, "grm.response_view"),
     ({"no_best_fraction": 1.0}, "grm.no_best_fraction"),
     ({"no_best_all_wrong": 1.5}, "grm.no_best_all_wrong"),
+    ({"meta_sets": -1}, "grm.meta_sets"),
+    ({"meta_samples": 0}, "grm.meta_samples"),
 ])
 def test_bad_grm_config_names_the_field(overrides, field):
     config = load_config("experiments/grm_spct.py:tiny")

@@ -34,6 +34,9 @@ def test_pipeline_runs_every_phase_and_resumes(tmp_path):
     assert best["random"] <= best["oracle"] and best["grm"] <= best["oracle"]
     for phase in ("cold_start", "rft", "meta_rm", "rl", "policy"):
         assert os.path.exists(tmp_path / "models" / phase / "model_config.json"), phase
+    meta = json.load(open(tmp_path / "models" / "meta_rm" / "info.json"))
+    assert meta["meta_trajectories"] == config.grm.meta_sets * config.grm.meta_samples
+    assert meta["records"] == meta["meta_trajectories"]
     assert os.path.getsize(tmp_path / "grm_scaling.png") > 1000
     assert os.path.getsize(tmp_path / "best_of_n.png") > 1000
 

@@ -106,3 +106,19 @@ def test_scaling_accuracy_averages_disjoint_groups_of_k():
     assert table["metarm@1"] == 0.75 and table["metarm@2"] == 1.0
     with pytest.raises(ValueError, match="k=3"):
         scaling_accuracy(parsed, ratings, [0], [2], ks=(3,))
+
+
+def test_meta_records_say_yes_only_for_a_verdict_that_singles_out_the_best():
+    from moe_jax.grm.format import META_NO, META_YES, trajectory
+    from moe_jax.grm.preferences import labelled
+    from moe_jax.grm.spct import meta_labelled, yes_fraction
+    from moe_jax.data.tasks.base import Example
+
+    problem = Example("12+30=", "+210+030=+240>42", "42")
+    pair = labelled(problem, ["+210+030=+240>42", "+210+030=+250>52"])
+    assert pair.best == 0
+    records = meta_labelled(pair, [trajectory("p", "c", [9, 3]), trajectory("p", "c", [3, 9]),
+                                   trajectory("p", "c", [9, 9]), "Critique: cut off"])
+    assert [r["solution"] for r in records] == [META_YES, META_NO, META_NO, META_NO]
+    assert all(r["prompt"].startswith(pair.prompt) for r in records)
+    assert yes_fraction(records) == 0.25
