@@ -17,6 +17,8 @@ less noise than using the first k alone.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from moe_jax.grm.format import meta_prompt
@@ -50,8 +52,12 @@ def scaling_accuracy(parsed, ratings, best, num_responses, ks) -> dict[str, floa
 def evaluate_grm(model_config, params, router_bias, meta_params, meta_router_bias, sets,
                  tokenizer, *, ks=(1, 2, 4, 8, 16), temperature: float = 0.5, prompt_len: int,
                  meta_prompt_len: int, max_new_tokens: int, rng, batch_size: int,
-                 parser: str = "tolerant") -> dict[str, float]:
-    """The accuracy table above for one GRM (and meta RM) on `sets` (unique-best only)."""
+                 parser: str = "tolerant", samples_path: str | None = None) -> dict[str, float]:
+    """The accuracy table above for one GRM (and meta RM) on `sets` (unique-best only).
+
+    samples_path: also write every set's prompt, label, sampled trajectories and their
+    meta RM ratings there (JSON), for moe_jax.grm.diagnose.
+    """
     sets = [s for s in sets if s.best is not None]
     if not sets:
         raise ValueError("sets: expected held-out preference sets with a unique best, got none")
@@ -69,6 +75,11 @@ def evaluate_grm(model_config, params, router_bias, meta_params, meta_router_bia
     ratings = meta_scores(model_config, meta_params, meta_router_bias, flat, tokenizer,
                           prompt_len=meta_prompt_len, batch_size=batch_size)
     ratings = ratings.reshape(len(sets), max(ks))
+    if samples_path:
+        with open(samples_path, "w") as f:
+            json.dump({"prompts": prompts, "best": [s.best for s in sets],
+                       "num_responses": [s.num_responses for s in sets], "samples": samples,
+                       "ratings": ratings.tolist()}, f)
     table = {"verifier": 1.0,
              "random": float(np.mean([1.0 / s.num_responses for s in sets])),
              "greedy": float(np.mean([predicted_best(p.scores) == s.best if p.ok else False

@@ -34,6 +34,7 @@ import numpy as np
 from moe_jax.data.tasks import generate_split, get_task
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.grm.bestofn import best_of_n
+from moe_jax.grm.diagnose import samples_path
 from moe_jax.grm.evaluate import evaluate_grm
 from moe_jax.grm.finetune import finetune, init_params
 from moe_jax.grm.format import META_SUFFIX, RESPONSE_VIEWS, shown_response
@@ -284,7 +285,8 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
         if stage not in results:
             log(f"[evaluate {stage}] {g.test_sets} held-out sets, k up to {max(g.eval_ks)}")
             results[stage] = evaluate_grm(model_config, p, b, meta_params, meta_bias, test_sets,
-                                          tokenizer, **eval_args)
+                                          tokenizer, samples_path=samples_path(workdir, stage),
+                                          **eval_args)
             _write_results(workdir, results)
         log(f"  {stage}: " + ", ".join(f"{k}={v:.3f}" for k, v in results[stage].items()))
 

@@ -191,6 +191,22 @@ def check_answer(query: str, response: str, label: str) -> Finding:
                    SCORE_RIGHT if right else SCORE_WRONG_ANSWER)
 
 
+_SOLVED = re.compile(r"Solve \S+ \S*>(-?\d+)\.")
+_COPIED = re.compile(r"\b(R\d+) (?:([+-]\d+) [+-]\d+ |no answer)")
+
+
+def read_solve_critique(text: str) -> tuple[int | None, dict[str, int | None]]:
+    """What a `solve` critique (the GRM's or the teacher's) claims: its own final answer
+    (None when it wrote none) and each response's answer as it copied it (None for "no
+    answer"): "Solve 5+8= +50+80=+31>13. R1 +013 +013 ... R2 +012 +013 ..." ->
+    (13, {"R1": 13, "R2": 12}). The first copy of a label counts."""
+    solved = _SOLVED.search(text)
+    copies = {}
+    for label, answer in _COPIED.findall(text):
+        copies.setdefault(label, int(answer) if answer else None)
+    return (int(solved.group(1)) if solved else None), copies
+
+
 def teacher_trajectory(query: str, responses: Sequence[str],
                        critique: str = "verdict") -> tuple[str, list[Finding]]:
     """The cold-start target for a GRM input: principles, one critique per response, scores.
