@@ -101,6 +101,11 @@ def get_config(arg=None):
     g.rft_samples = 4 if tiny else 8
     g.rft_temperature = 1.0
     g.rft_drop_too_easy = True  # SPCT drops inputs whose samples are all accepted
+    # Hinted sampling: where none of an input's samples is accepted, sample it again with
+    # the best response named ("Best: R2"). The GRM learns what a hint means from the
+    # cold start, which shows hint_fraction of its inputs hinted.
+    g.hint_fraction = 0.0
+    g.rft_hinted = False
     g.rft_steps = 40 if tiny else 1000
 
     g.meta_steps = 30 if tiny else 500
@@ -184,6 +189,8 @@ def smoke_config():
     g.policy_train_sets = 6
     g.meta_sets, g.meta_samples = 4, 2  # the meta RM's own sampling path
     g.init_from_policy = True  # the path a GRM started from the policy takes
+    g.hint_fraction, g.rft_hinted = 0.3, True  # hinted sampling's path
+    g.prompt_len = 64  # hinted inputs are up to 61 tokens
     g.best_of_n_grm_samples = 1
     g.policy_max_new_tokens = 8
     return c

@@ -13,6 +13,10 @@ Responses are numbered from 1 as the paper's prompt does; scores follow that ord
 Texts stay short (every character is a token of the tiny char-level models) and use
 only characters the char tokenizer has.
 
+Hinted sampling (SPCT's rejective fine-tuning) names the labelled best response after
+the input, `hinted_prompt`: "...R2:+210+430=+640-500=+150>51\nBest: R1\n". The hint only
+steers sampling; accepted trajectories are fine-tuned on the input without it.
+
 The meta reward model reads a GRM prompt, one trajectory and `META_SUFFIX`, and is
 trained to continue with `META_YES` when the trajectory's verdict is right (its scores
 single out the truly best response) and `META_NO` otherwise.
@@ -33,6 +37,7 @@ MIN_SCORE, MAX_SCORE = 1, 10
 # own solution; shown answers only, it has nothing to copy and has to solve.
 RESPONSE_VIEWS = ("full", "answer")
 
+HINT = "Best:"
 META_SUFFIX = "\nVerdict right?"
 META_YES, META_NO = "Y", "N"
 
@@ -46,6 +51,13 @@ def grm_prompt(query: str, responses: Sequence[str]) -> str:
             raise ValueError(f"responses[{i}]: expected a single line, got {response!r}")
     lines = [f"Q:{query}"] + [f"R{i + 1}:{r}" for i, r in enumerate(responses)]
     return "\n".join(lines) + "\n"
+
+
+def hinted_prompt(grm_input: str, best: int) -> str:
+    """`grm_input` (from grm_prompt) with the labelled best response (index from 0) named."""
+    if not isinstance(best, int) or best < 0:
+        raise ValueError(f"best: expected the index of the best response, got {best!r}")
+    return f"{grm_input}{HINT} R{best + 1}\n"
 
 
 def shown_response(response: str, view: str = "full") -> str:

@@ -5,7 +5,9 @@
     cold start SFT on the rule-based teacher's principles / critique / scores, from a fresh
                init, an imported checkpoint (grm.init_from) or the policy
                (grm.init_from_policy)
-    RFT        k samples per training set, keep the accepted ones, fine-tune on them
+    RFT        k samples per training set, keep the accepted ones, fine-tune on them;
+               with grm.rft_hinted, sample again with the best response named where none
+               was accepted (the cold start shows a grm.hint_fraction of its inputs hinted)
     meta RM    the RFT model fine-tuned to say Y/N: is this trajectory's verdict right? on
                RFT's samples, or (grm.meta_sets) on the RFT model's own at the evaluation
                temperature
@@ -31,13 +33,14 @@ import jax
 import ml_collections
 import numpy as np
 
+from moe_jax.data.pipeline import prompt_ids
 from moe_jax.data.tasks import generate_split, get_task
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.grm.bestofn import best_of_n
 from moe_jax.grm.diagnose import samples_path
 from moe_jax.grm.evaluate import evaluate_grm
 from moe_jax.grm.finetune import finetune, init_params
-from moe_jax.grm.format import META_SUFFIX, RESPONSE_VIEWS, shown_response
+from moe_jax.grm.format import META_SUFFIX, RESPONSE_VIEWS, hinted_prompt, shown_response
 from moe_jax.grm.judge import PAIRINGS
 from moe_jax.grm.preferences import cold_start_records, preference_set, sampled_sets
 from moe_jax.grm.reward import GRM_SPEC_FILE
@@ -83,6 +86,11 @@ def validate_grm_config(config):
                           "0 when grm.policy_steps is 0 (there is no policy to sample)")
     if not 0.0 <= g.no_best_fraction < 1.0:
         raise ConfigError("grm.no_best_fraction", g.no_best_fraction, "a value in [0, 1)")
+    if not 0.0 <= g.hint_fraction < 1.0:
+        raise ConfigError("grm.hint_fraction", g.hint_fraction, "a value in [0, 1)")
+    if g.rft_hinted and not g.hint_fraction:
+        raise ConfigError("grm.rft_hinted", g.rft_hinted, "False when grm.hint_fraction is 0 "
+                          "(the cold start must show the GRM what a hint means)")
     if not 0.0 <= g.no_best_all_wrong <= 1.0:
         raise ConfigError("grm.no_best_all_wrong", g.no_best_all_wrong, "a value in [0, 1]")
     if g.best_of_n_pairing not in PAIRINGS:
@@ -203,12 +211,19 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     def cold_start():
         # A GRM starts from a language model that can already solve the task (DeepSeek-GRM
         # starts from a pretrained LLM); grm.init_from_policy uses the small policy.
-        records = cold_start_records(train_sets(), g.critique)
+        records = cold_start_records(train_sets(), g.critique, hint_fraction=g.hint_fraction,
+                                     seed=config.data.seed)
         longest = max(len(tokenizer.encode(r["solution"])) + 1 for r in records)  # + <eos>
         if longest > g.max_new_tokens:  # sampled trajectories would be cut before the scores
             raise ConfigError("grm.max_new_tokens", g.max_new_tokens,
                               f"at least {longest}, the longest {g.critique!r} teacher "
                               f"trajectory with <eos>")
+        if g.rft_hinted:  # RFT samples hinted inputs: they must fit grm.prompt_len
+            hinted = max(len(prompt_ids(tokenizer, hinted_prompt(s.prompt, s.best)))
+                         for s in with_unique_best(train_sets()))
+            if hinted > g.prompt_len:
+                raise ConfigError("grm.prompt_len", g.prompt_len,
+                                  f"at least {hinted}, the longest hinted input (grm.rft_hinted)")
         start = (params0, bias0)
         if g.init_from_policy:
             policy_config, *start = policy()
@@ -229,7 +244,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
         rft_records, meta, stats = rejective_sampling(
             model_config, cold_params, cold_bias, rft_sets, tokenizer, k=g.rft_samples,
             temperature=g.rft_temperature, rng=jax.random.fold_in(base_rng, 1),
-            drop_too_easy=g.rft_drop_too_easy, **gen)
+            drop_too_easy=g.rft_drop_too_easy, hinted=g.rft_hinted, **gen)
         meta_records.extend(meta)
         with open(os.path.join(workdir, "meta_records.json"), "w") as f:
             json.dump(meta, f)

@@ -28,7 +28,7 @@ import numpy as np
 
 from moe_jax.data.tasks import generate_split, get_task
 from moe_jax.data.tasks.base import Example
-from moe_jax.grm.format import grm_prompt
+from moe_jax.grm.format import grm_prompt, hinted_prompt
 from moe_jax.grm.teacher import chain_width, query_terms, teacher_trajectory, write_number
 
 CORRUPTIONS = ("carry", "answer", "skip")
@@ -157,9 +157,22 @@ def sampled_sets(problems, samples, rng: np.random.Generator, *, num_responses: 
     return sets
 
 
-def cold_start_records(sets, critique: str = "verdict") -> list[dict]:
+def cold_start_records(sets, critique: str = "verdict", hint_fraction: float = 0.0,
+                       seed: int = 0) -> list[dict]:
     """SFT records (prompt = GRM input, solution = the teacher's trajectory with the
-    `critique` style of moe_jax.grm.teacher)."""
-    return [{"prompt": s.prompt,
-             "solution": teacher_trajectory(s.problem.prompt, s.responses, critique)[0],
-             "answer": ""} for s in sets]
+    `critique` style of moe_jax.grm.teacher).
+
+    hint_fraction: that share of the sets with a unique best are shown with the hint of
+    hinted sampling (format.hinted_prompt), so that the GRM learns what a hint means
+    before RFT samples with one; the teacher's trajectory agrees with the hint anyway.
+    """
+    if not 0.0 <= hint_fraction < 1.0:
+        raise ValueError(f"hint_fraction: expected a value in [0, 1), got {hint_fraction}")
+    rng = np.random.default_rng([seed, 31])
+    records = []
+    for s in sets:
+        hinted = s.best is not None and rng.random() < hint_fraction
+        records.append({"prompt": hinted_prompt(s.prompt, s.best) if hinted else s.prompt,
+                        "solution": teacher_trajectory(s.problem.prompt, s.responses, critique)[0],
+                        "answer": ""})
+    return records

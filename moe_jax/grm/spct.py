@@ -4,7 +4,9 @@ and rule-based online RL with GRPO.
 Phase 1 (after a cold start on the teacher's targets):
   rejective sampling  k trajectories per training input at a temperature; keep those
                       whose scores rank the labelled best response strictly first
-                      (voting.rft_select), then fine-tune on the kept ones.
+                      (voting.rft_select), then fine-tune on the kept ones. Hinted
+                      sampling (optional) samples again with the best response named
+                      where none was accepted.
   meta RM data        every sampled trajectory, labelled Y when its verdict is right:
                       RFT's own samples, or (meta_sampling) samples of the RFT model at
                       the temperature the meta RM will meet at inference.
@@ -18,7 +20,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from moe_jax.grm.format import META_NO, META_YES, meta_prompt
+from moe_jax.grm.format import META_NO, META_YES, hinted_prompt, meta_prompt
 from moe_jax.grm.sampling import sample_trajectories
 from moe_jax.grm.scores import get_parser, parse_tolerant
 from moe_jax.grm.voting import rft_select, rule_reward, verdict_correct
@@ -37,33 +39,57 @@ def with_unique_best(sets):
 
 def rejective_sampling(model_config, params, router_bias, sets, tokenizer, *, k: int,
                        temperature: float, prompt_len: int, max_new_tokens: int, rng,
-                       batch_size: int, parser: str = "strict", drop_too_easy: bool = True):
+                       batch_size: int, parser: str = "strict", drop_too_easy: bool = True,
+                       hinted: bool = False):
     """-> (rft_records, meta_records, stats) from k sampled trajectories per set.
 
     RFT keeps only trajectories the `parser` reads (strict by default: the targets
     should teach the exact format); the meta RM learns from all of them, with the
     tolerant parser deciding whether the verdict is right, as inference will.
+    hinted: the sets where no sample was accepted are sampled k more times with the best
+    response named (format.hinted_prompt), and the accepted ones are kept too, with the
+    input as it reads without the hint; the meta RM never sees hinted samples.
     """
     sets = with_unique_best(sets)
+
+    def sample(prompts, key):
+        return sample_trajectories(model_config, params, router_bias, prompts, tokenizer, k=k,
+                                   prompt_len=prompt_len, max_new_tokens=max_new_tokens,
+                                   temperature=temperature, rng=key, batch_size=batch_size)
+
+    samples = sample([s.prompt for s in sets], rng)
+    rft, stats = rft_records(sets, samples, parser=parser, drop_too_easy=drop_too_easy)
+    meta = [m for s, texts in zip(sets, samples) for m in meta_labelled(s, texts)]
+    if hinted:
+        missed = [s for s, n in zip(sets, stats["accepted_per_input"]) if n == 0]
+        hinted_samples = sample([hinted_prompt(s.prompt, s.best) for s in missed],
+                                jax.random.fold_in(rng, 1)) if missed else []
+        extra, hinted_stats = rft_records(missed, hinted_samples, parser=parser,
+                                          drop_too_easy=False)
+        rft += extra
+        stats.update(hinted_inputs=len(missed), hinted_accept_rate=hinted_stats["accept_rate"],
+                     hinted_records=len(extra))
+    del stats["accepted_per_input"]
+    stats.update(rft_records=len(rft), meta_yes_fraction=yes_fraction(meta))
+    return rft, meta, stats
+
+
+def rft_records(sets, samples, *, parser: str = "strict", drop_too_easy: bool = True):
+    """RFT's records from sampled trajectories of `sets` (unique best): the accepted ones
+    (voting.rft_select), each on the set's unhinted input. -> (records, stats)."""
     parse = get_parser(parser)
-    samples = sample_trajectories(model_config, params, router_bias, [s.prompt for s in sets],
-                                  tokenizer, k=k, prompt_len=prompt_len,
-                                  max_new_tokens=max_new_tokens, temperature=temperature,
-                                  rng=rng, batch_size=batch_size)
-    rft, meta, accepted_total, too_easy = [], [], 0, 0
+    records, accepted_per_input, too_easy = [], [], 0
     for s, texts in zip(sets, samples):
         parsed = [parse(t, s.num_responses) for t in texts]
-        accepted = [i for i, p in enumerate(parsed) if verdict_correct(p, s.best)]
-        accepted_total += len(accepted)
-        kept = rft_select(parsed, s.best, drop_too_easy=drop_too_easy)
-        too_easy += len(accepted) == len(texts)
-        rft += [{"prompt": s.prompt, "solution": texts[i], "answer": ""} for i in kept]
-        meta += meta_labelled(s, texts)
-    stats = {"inputs": len(sets), "trajectories": len(sets) * k,
-             "accept_rate": accepted_total / max(len(sets) * k, 1),
-             "too_easy_inputs": too_easy, "rft_records": len(rft),
-             "meta_yes_fraction": yes_fraction(meta)}
-    return rft, meta, stats
+        accepted = sum(verdict_correct(p, s.best) for p in parsed)
+        accepted_per_input.append(accepted)
+        too_easy += accepted == len(texts)
+        records += [{"prompt": s.prompt, "solution": texts[i], "answer": ""}
+                    for i in rft_select(parsed, s.best, drop_too_easy=drop_too_easy)]
+    trajectories = sum(len(texts) for texts in samples)
+    return records, {"inputs": len(sets), "trajectories": trajectories,
+                     "accept_rate": sum(accepted_per_input) / max(trajectories, 1),
+                     "too_easy_inputs": too_easy, "accepted_per_input": accepted_per_input}
 
 
 def meta_labelled(preference_set, trajectories) -> list[dict]:

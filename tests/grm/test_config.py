@@ -22,6 +22,8 @@ from moe_jax.models.config import ConfigError
     ({"no_best_all_wrong": 1.5}, "grm.no_best_all_wrong"),
     ({"meta_sets": -1}, "grm.meta_sets"),
     ({"meta_samples": 0}, "grm.meta_samples"),
+    ({"hint_fraction": 1.0}, "grm.hint_fraction"),
+    ({"rft_hinted": True}, "grm.rft_hinted"),  # with hint_fraction 0: a hint it never saw
 ])
 def test_bad_grm_config_names_the_field(overrides, field):
     config = load_config("experiments/grm_spct.py:tiny")
@@ -49,3 +51,19 @@ def test_trajectories_longer_than_the_sampling_budget_fail_before_training(tmp_p
     with pytest.raises(ConfigError, match="grm.max_new_tokens"):
         train_and_evaluate_grm(config, str(tmp_path), log=lambda *_: None)
     assert not (tmp_path / "models").exists()  # nothing trained or saved
+
+
+def test_hinted_inputs_longer_than_the_prompt_budget_fail_before_training(tmp_path):
+    import importlib.util
+
+    from moe_jax.grm.pipeline import train_and_evaluate_grm
+
+    spec = importlib.util.spec_from_file_location("grm_spct", "experiments/grm_spct.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.smoke_config()
+    config.grm.policy_train_sets = 0
+    config.grm.prompt_len = 56  # fits every input (at most 52 tokens), not a hinted one (61)
+    with pytest.raises(ConfigError, match="grm.prompt_len"):
+        train_and_evaluate_grm(config, str(tmp_path), log=lambda *_: None)
+    assert not (tmp_path / "models").exists()

@@ -34,6 +34,12 @@ def test_pipeline_runs_every_phase_and_resumes(tmp_path):
     assert best["random"] <= best["oracle"] and best["grm"] <= best["oracle"]
     for phase in ("cold_start", "rft", "meta_rm", "rl", "policy"):
         assert os.path.exists(tmp_path / "models" / phase / "model_config.json"), phase
+    rft = json.load(open(tmp_path / "models" / "rft" / "info.json"))
+    assert 0 <= rft["hinted_inputs"] <= rft["inputs"]  # hinted sampling ran where needed
+    assert rft["hinted_records"] <= rft["rft_records"]
+    for stage in ("rft", "rft_rl"):  # the samples moe_jax.grm.diagnose reads
+        saved = json.load(open(tmp_path / f"eval_samples_{stage}.json"))
+        assert len(saved["samples"]) == len(saved["ratings"]) == results[stage]["examples"]
     meta = json.load(open(tmp_path / "models" / "meta_rm" / "info.json"))
     assert meta["meta_trajectories"] == config.grm.meta_sets * config.grm.meta_samples
     assert meta["records"] == meta["meta_trajectories"]
