@@ -116,6 +116,12 @@ def get_config(arg=None):
     # (experiments/RESULTS.md: MetaRM@8 - Voting@8 went from -6.8 to +0.7 points).
     g.meta_sets = 0 if tiny else 2000
     g.meta_samples = 4
+    # Ties (all scores equal) vote but cannot move a verdict. meta_decisive: the meta RM
+    # trains only on trajectories that can (right vs wrong, not tie vs the rest);
+    # meta_drop_uniform: MetaRM@k rates ties lowest, as it does malformed ones, so its
+    # k / 2 slots go to verdicts that say something (voting.metarm_best).
+    g.meta_decisive = False
+    g.meta_drop_uniform = False
 
     g.rl_steps = 10 if tiny else 300
     g.rl_batch_size = 8 if tiny else 64  # preference sets per GRPO step
@@ -190,6 +196,7 @@ def smoke_config():
     g.meta_sets, g.meta_samples = 4, 2  # the meta RM's own sampling path
     g.init_from_policy = True  # the path a GRM started from the policy takes
     g.hint_fraction, g.rft_hinted = 0.3, True  # hinted sampling's path
+    g.meta_drop_uniform = True  # MetaRM@k without ties
     g.prompt_len = 64  # hinted inputs are up to 61 tokens
     g.best_of_n_grm_samples = 1
     g.policy_max_new_tokens = 8

@@ -18,6 +18,10 @@ changes no vote. So the figures that say what a meta RM does are
     ideal MetaRM@k   MetaRM@k with ratings right > tie = malformed > wrong, the paper's
                      k_meta = k / 2: the most any meta RM can reach with these samples
 
+and MetaRM@k with ties dropped (voting.metarm_best's drop_uniform): the same ratings,
+ties below every verdict that can move the vote. The MetaRM@k row always shows the
+ratings as they are, whatever grm.meta_drop_uniform the run used.
+
 For the `solve` critique it also splits the trajectories by whether the GRM's own
 solution is right and whether it copied every response's answer as the input shows it
 (teacher.read_solve_critique): the two ways its verdicts go wrong.
@@ -115,12 +119,14 @@ def diagnose(record: dict, ks=(1, 2, 4, 8, 16)) -> dict:
     accuracy, pairs = pair_accuracy(kinds, ratings)
     ks = [k for k in ks if len(samples[0]) % k == 0]
     real = scaling_accuracy(parsed, ratings, best, sizes, ks)
+    no_ties = scaling_accuracy(parsed, ratings, best, sizes, ks, drop_uniform=True)
     ideal = scaling_accuracy(parsed, ideal_ratings(kinds), best, sizes, ks)
     out = {"sets": len(prompts), "samples_per_set": len(samples[0]),
            "kinds": {k: counts[k] / max(sum(counts.values()), 1) for k in KINDS},
            "pair_accuracy": accuracy, "pairs": pairs,
            "voting": {k: real[f"voting@{k}"] for k in ks},
            "metarm": {k: real[f"metarm@{k}"] for k in ks},
+           "metarm_ties_dropped": {k: no_ties[f"metarm@{k}"] for k in ks},
            "ideal_metarm": {k: ideal[f"metarm@{k}"] for k in ks}}
     if all("Solve " in t for row in samples[:5] for t in row[:1]):
         split = solve_split(zip(prompts, best, samples))
@@ -137,6 +143,7 @@ def format_report(stage: str, d: dict) -> str:
              "  k:            " + " ".join(f"{k:>6}" for k in d["voting"]),
              "  Voting@k      " + " ".join(f"{v:6.1%}" for v in d["voting"].values()),
              "  MetaRM@k      " + " ".join(f"{v:6.1%}" for v in d["metarm"].values()),
+             "  ties dropped  " + " ".join(f"{v:6.1%}" for v in d["metarm_ties_dropped"].values()),
              "  ideal MetaRM  " + " ".join(f"{v:6.1%}" for v in d["ideal_metarm"].values())]
     for key, share in d.get("solve_split", {}).items():
         lines.append(f"  {share:6.1%}  {key}")

@@ -27,11 +27,13 @@ from moe_jax.grm.scores import get_parser
 from moe_jax.grm.voting import metarm_best, predicted_best, voting_best
 
 
-def scaling_accuracy(parsed, ratings, best, num_responses, ks) -> dict[str, float]:
+def scaling_accuracy(parsed, ratings, best, num_responses, ks, *,
+                     drop_uniform: bool = False) -> dict[str, float]:
     """Voting@k and MetaRM@k accuracy from already parsed samples.
 
     parsed: [N][K] ParsedScores; ratings: [N][K] meta RM ratings; best: [N] labels;
-    num_responses: [N]; ks: the k to report, each dividing K.
+    num_responses: [N]; ks: the k to report, each dividing K; drop_uniform: see
+    voting.metarm_best.
     """
     num_samples = len(parsed[0]) if parsed else 0
     out = {}
@@ -43,7 +45,8 @@ def scaling_accuracy(parsed, ratings, best, num_responses, ks) -> dict[str, floa
             for g in range(0, num_samples, k):
                 group, group_ratings = trajectories[g:g + k], rated[g:g + k]
                 voting.append(voting_best(group, n) == label)
-                metarm.append(metarm_best(group, group_ratings, n) == label)
+                metarm.append(metarm_best(group, group_ratings, n, drop_uniform=drop_uniform)
+                              == label)
         out[f"voting@{k}"] = float(np.mean(voting))
         out[f"metarm@{k}"] = float(np.mean(metarm))
     return out
@@ -52,7 +55,8 @@ def scaling_accuracy(parsed, ratings, best, num_responses, ks) -> dict[str, floa
 def evaluate_grm(model_config, params, router_bias, meta_params, meta_router_bias, sets,
                  tokenizer, *, ks=(1, 2, 4, 8, 16), temperature: float = 0.5, prompt_len: int,
                  meta_prompt_len: int, max_new_tokens: int, rng, batch_size: int,
-                 parser: str = "tolerant", samples_path: str | None = None) -> dict[str, float]:
+                 parser: str = "tolerant", samples_path: str | None = None,
+                 drop_uniform: bool = False) -> dict[str, float]:
     """The accuracy table above for one GRM (and meta RM) on `sets` (unique-best only).
 
     samples_path: also write every set's prompt, label, sampled trajectories and their
@@ -88,5 +92,6 @@ def evaluate_grm(model_config, params, router_bias, meta_params, meta_router_bia
              "sample_well_formed": float(np.mean([p.ok for row in parsed for p in row])),
              "examples": len(sets)}
     table.update(scaling_accuracy(parsed, ratings, [s.best for s in sets],
-                                  [s.num_responses for s in sets], ks))
+                                  [s.num_responses for s in sets], ks,
+                                  drop_uniform=drop_uniform))
     return table

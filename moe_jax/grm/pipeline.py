@@ -244,7 +244,8 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
         rft_records, meta, stats = rejective_sampling(
             model_config, cold_params, cold_bias, rft_sets, tokenizer, k=g.rft_samples,
             temperature=g.rft_temperature, rng=jax.random.fold_in(base_rng, 1),
-            drop_too_easy=g.rft_drop_too_easy, hinted=g.rft_hinted, **gen)
+            drop_too_easy=g.rft_drop_too_easy, hinted=g.rft_hinted,
+            meta_decisive=g.meta_decisive, **gen)
         meta_records.extend(meta)
         with open(os.path.join(workdir, "meta_records.json"), "w") as f:
             json.dump(meta, f)
@@ -267,10 +268,15 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
             sets = [pool[(g.rft_sets + i) % len(pool)] for i in range(g.meta_sets)]
             records, stats = meta_sampling(
                 model_config, rft_params, rft_bias, sets, tokenizer, k=g.meta_samples,
-                temperature=g.eval_temperature, rng=jax.random.fold_in(base_rng, 3), **gen)
+                temperature=g.eval_temperature, rng=jax.random.fold_in(base_rng, 3),
+                decisive_only=g.meta_decisive, **gen)
             log(f"  meta RM sampling: {stats}")
         else:
             records = meta_records or json.load(open(os.path.join(workdir, "meta_records.json")))
+        if not records:
+            raise ValueError("grm.meta_decisive: no sampled trajectory could move a vote (all "
+                             "malformed or tied), so the meta RM has nothing to learn from; "
+                             "set it False or train the GRM further")
         p, b, info = _sft(model_config, rft_params, rft_bias, records, tokenizer, config,
                           g.meta_steps, t.seed + 2, log, seq_len=meta_prompt_len + 2)
         return p, b, dict(info, **stats), spec, model_config
@@ -295,7 +301,8 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
 
     results = _read_results(workdir)
     eval_args = dict(ks=tuple(g.eval_ks), temperature=g.eval_temperature,
-                     meta_prompt_len=meta_prompt_len, rng=jax.random.fold_in(base_rng, 2), **gen)
+                     meta_prompt_len=meta_prompt_len, rng=jax.random.fold_in(base_rng, 2),
+                     drop_uniform=g.meta_drop_uniform, **gen)
     for stage, (p, b) in (("rft", (rft_params, rft_bias)), ("rft_rl", (rl_params, rl_bias))):
         if stage not in results:
             log(f"[evaluate {stage}] {g.test_sets} held-out sets, k up to {max(g.eval_ks)}")

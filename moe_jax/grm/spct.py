@@ -23,7 +23,7 @@ import numpy as np
 from moe_jax.grm.format import META_NO, META_YES, hinted_prompt, meta_prompt
 from moe_jax.grm.sampling import sample_trajectories
 from moe_jax.grm.scores import get_parser, parse_tolerant
-from moe_jax.grm.voting import rft_select, rule_reward, verdict_correct
+from moe_jax.grm.voting import changes_vote, rft_select, rule_reward, verdict_correct
 from moe_jax.rl.grpo import GRPOConfig
 from moe_jax.rl.learner import make_grpo_step
 from moe_jax.rl.policy import make_scorer, scoring_model
@@ -40,7 +40,7 @@ def with_unique_best(sets):
 def rejective_sampling(model_config, params, router_bias, sets, tokenizer, *, k: int,
                        temperature: float, prompt_len: int, max_new_tokens: int, rng,
                        batch_size: int, parser: str = "strict", drop_too_easy: bool = True,
-                       hinted: bool = False):
+                       hinted: bool = False, meta_decisive: bool = False):
     """-> (rft_records, meta_records, stats) from k sampled trajectories per set.
 
     RFT keeps only trajectories the `parser` reads (strict by default: the targets
@@ -49,6 +49,7 @@ def rejective_sampling(model_config, params, router_bias, sets, tokenizer, *, k:
     hinted: the sets where no sample was accepted are sampled k more times with the best
     response named (format.hinted_prompt), and the accepted ones are kept too, with the
     input as it reads without the hint; the meta RM never sees hinted samples.
+    meta_decisive: meta_labelled's decisive_only.
     """
     sets = with_unique_best(sets)
 
@@ -59,7 +60,8 @@ def rejective_sampling(model_config, params, router_bias, sets, tokenizer, *, k:
 
     samples = sample([s.prompt for s in sets], rng)
     rft, stats = rft_records(sets, samples, parser=parser, drop_too_easy=drop_too_easy)
-    meta = [m for s, texts in zip(sets, samples) for m in meta_labelled(s, texts)]
+    meta = [m for s, texts in zip(sets, samples)
+            for m in meta_labelled(s, texts, decisive_only=meta_decisive)]
     if hinted:
         missed = [s for s, n in zip(sets, stats["accepted_per_input"]) if n == 0]
         hinted_samples = sample([hinted_prompt(s.prompt, s.best) for s in missed],
@@ -92,13 +94,21 @@ def rft_records(sets, samples, *, parser: str = "strict", drop_too_easy: bool = 
                      "too_easy_inputs": too_easy, "accepted_per_input": accepted_per_input}
 
 
-def meta_labelled(preference_set, trajectories) -> list[dict]:
+def meta_labelled(preference_set, trajectories, *, decisive_only: bool = False) -> list[dict]:
     """Meta RM records of one set's trajectories: Y when the tolerant parser (the one
-    inference votes with) reads a verdict that singles out the labelled best."""
+    inference votes with) reads a verdict that singles out the labelled best.
+
+    decisive_only: leave out the trajectories that cannot move a vote (malformed, or all
+    scores equal; voting.changes_vote), so the meta RM spends its training on telling a
+    right verdict from a wrong one rather than on spotting ties, which the parser sees.
+    """
+    n = preference_set.num_responses
     out = []
     for t in trajectories:
-        right = verdict_correct(parse_tolerant(t, preference_set.num_responses),
-                                preference_set.best)
+        parsed = parse_tolerant(t, n)
+        if decisive_only and not changes_vote(parsed, n):
+            continue
+        right = verdict_correct(parsed, preference_set.best)
         out.append({"prompt": meta_prompt(preference_set.prompt, t),
                     "solution": META_YES if right else META_NO, "answer": ""})
     return out
@@ -110,18 +120,21 @@ def yes_fraction(meta_records) -> float:
 
 def meta_sampling(model_config, params, router_bias, sets, tokenizer, *, k: int,
                   temperature: float, prompt_len: int, max_new_tokens: int, rng,
-                  batch_size: int):
+                  batch_size: int, decisive_only: bool = False):
     """-> (meta_records, stats): k trajectories per unique-best set from the model whose
     samples the meta RM will rate, at the temperature it will meet them at. RFT's samples
-    come from the cold-start model at the RFT temperature, a different distribution."""
+    come from the cold-start model at the RFT temperature, a different distribution.
+    decisive_only: see meta_labelled."""
     sets = with_unique_best(sets)
     samples = sample_trajectories(model_config, params, router_bias, [s.prompt for s in sets],
                                   tokenizer, k=k, prompt_len=prompt_len,
                                   max_new_tokens=max_new_tokens, temperature=temperature,
                                   rng=rng, batch_size=batch_size)
-    meta = [m for s, texts in zip(sets, samples) for m in meta_labelled(s, texts)]
-    return meta, {"meta_inputs": len(sets), "meta_trajectories": len(meta),
-                  "meta_yes_fraction": yes_fraction(meta)}
+    meta = [m for s, texts in zip(sets, samples)
+            for m in meta_labelled(s, texts, decisive_only=decisive_only)]
+    return meta, {"meta_inputs": len(sets),
+                  "meta_trajectories": sum(len(texts) for texts in samples),
+                  "meta_records": len(meta), "meta_yes_fraction": yes_fraction(meta)}
 
 
 def rule_rewards(examples, responses, *, parser: str = "tolerant"):

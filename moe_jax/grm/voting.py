@@ -91,17 +91,27 @@ def default_k_meta(k: int) -> int:
     return max(1, k // 2)
 
 
+def changes_vote(parsed: ParsedScores, num_responses: int) -> bool:
+    """True iff the trajectory's scores can move a vote: well formed, one per response,
+    and not all equal (equal scores add the same to every response)."""
+    return (parsed.ok and len(parsed.scores) == num_responses
+            and len(set(parsed.scores)) > 1)
+
+
 def metarm_best(trajectories: Sequence[ParsedScores], meta_scores, num_responses: int,
-                k_meta: int | None = None) -> int | None:
+                k_meta: int | None = None, *, drop_uniform: bool = False) -> int | None:
     """MetaRM@k's verdict: vote with the k_meta best-rated trajectories only.
 
     Malformed trajectories are rated -inf: they cannot vote, so keeping one would only
-    shrink the vote.
+    shrink the vote. drop_uniform: so are trajectories whose scores are all equal (a tie
+    for every response), which vote but cannot move the verdict; the k_meta slots then
+    go to the best-rated verdicts that say something.
     """
     if len(trajectories) != len(meta_scores):
         raise ValueError(f"meta_scores: expected one per trajectory ({len(trajectories)}), "
                          f"got {len(meta_scores)}")
     k_meta = default_k_meta(len(trajectories)) if k_meta is None else k_meta
-    rated = [m if p.ok else -np.inf for p, m in zip(trajectories, meta_scores)]
+    usable = (lambda p: changes_vote(p, num_responses)) if drop_uniform else (lambda p: p.ok)
+    rated = [m if usable(p) else -np.inf for p, m in zip(trajectories, meta_scores)]
     kept = meta_keep(rated, k_meta)
     return voting_best([trajectories[i] for i in kept], num_responses)

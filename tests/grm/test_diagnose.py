@@ -35,6 +35,14 @@ def test_kinds_pair_accuracy_and_the_ideal_meta_rm_by_hand():
     assert d["metarm"][4] == 0.0
     # An ideal one keeps right before tie before wrong: [9,3]+[9,9] and [3,9]+[3,9]: both right.
     assert d["ideal_metarm"][4] == 1.0
+    # A tie rated highest takes MetaRM@2's one slot (no verdict); dropped, the right one
+    # next to it votes. The second pair (wrong 0.0, right -1.0) keeps the wrong either way.
+    tie_first = {"prompts": [grm_prompt("1+1=", [">2", ">3"])], "best": [0],
+                 "num_responses": [2],
+                 "samples": [[scored(9, 9), scored(9, 3), scored(3, 9), scored(8, 2)]],
+                 "ratings": [[5.0, 1.0, 0.0, -1.0]]}
+    d = diagnose(tie_first, ks=(2,))
+    assert d["metarm"][2] == 0.0 and d["metarm_ties_dropped"][2] == 0.5
     assert "solve_split" not in d  # these are not solve critiques
 
 

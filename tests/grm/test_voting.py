@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from moe_jax.grm.scores import ParsedScores
-from moe_jax.grm.voting import (default_k_meta, meta_keep, metarm_best, predicted_best,
+from moe_jax.grm.voting import (changes_vote, default_k_meta, meta_keep, metarm_best,
+                                predicted_best,
                                 rft_accept, rft_select, rule_reward, verdict_correct, vote,
                                 voting_best)
 
@@ -69,6 +70,23 @@ def test_metarm_never_keeps_a_malformed_trajectory():
         metarm_best([s(1, 2)], [0.1, 0.2], 2)
 
 
+def test_a_tie_for_every_response_cannot_move_a_vote():
+    assert changes_vote(s(2, 9), 2) and changes_vote(s(5, 5, 1), 3)
+    assert not changes_vote(s(7, 7), 2) and not changes_vote(s(4, 4, 4), 3)
+    assert not changes_vote(MALFORMED, 2) and not changes_vote(s(2, 9), 3)  # wrong count
+
+
+def test_metarm_can_drop_ties_to_keep_verdicts_that_say_something():
+    # The tie (8, 8) is rated highest. Kept with k_meta = 2 next to the wrong (9, 3), the
+    # vote is [17, 11] -> response 0; dropped, the slot goes to (2, 9): [11, 12] -> 1.
+    trajectories = [s(8, 8), s(9, 3), s(2, 9), s(3, 8)]
+    ratings = [3.0, 2.0, 1.0, 0.0]
+    assert metarm_best(trajectories, ratings, 2, k_meta=2) == 0
+    assert metarm_best(trajectories, ratings, 2, k_meta=2, drop_uniform=True) == 1
+    # With only ties and malformed ones left, there is still a vote: a tie, no verdict.
+    assert metarm_best([s(5, 5), MALFORMED], [1.0, 2.0], 2, k_meta=1, drop_uniform=True) is None
+
+
 def test_rft_accepts_only_a_strictly_first_best():
     assert rft_accept(s(2, 9), best=1)
     assert not rft_accept(s(9, 2), best=1)  # wrong verdict
@@ -122,3 +140,9 @@ def test_meta_records_say_yes_only_for_a_verdict_that_singles_out_the_best():
     assert [r["solution"] for r in records] == [META_YES, META_NO, META_NO, META_NO]
     assert all(r["prompt"].startswith(pair.prompt) for r in records)
     assert yes_fraction(records) == 0.25
+    # decisive_only keeps the two verdicts that can move a vote: the tie and the cut-off
+    # trajectory are what the parser already tells apart, not the meta RM's job.
+    decisive = meta_labelled(pair, [trajectory("p", "c", [9, 3]), trajectory("p", "c", [3, 9]),
+                                    trajectory("p", "c", [9, 9]), "Critique: cut off"],
+                             decisive_only=True)
+    assert [r["solution"] for r in decisive] == [META_YES, META_NO]
