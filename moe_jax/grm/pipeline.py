@@ -273,7 +273,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
             log(f"  meta RM sampling: {stats}")
         else:
             records = meta_records or json.load(open(os.path.join(workdir, "meta_records.json")))
-        if not records:
+        if g.meta_decisive and not records:
             raise ValueError("grm.meta_decisive: no sampled trajectory could move a vote (all "
                              "malformed or tied), so the meta RM has nothing to learn from; "
                              "set it False or train the GRM further")

@@ -59,12 +59,17 @@ def rule_reward(parsed: ParsedScores, best: int) -> float:
     return 1.0 if verdict_correct(parsed, best) else -1.0
 
 
+def casts_vote(parsed: ParsedScores, num_responses: int) -> bool:
+    """True iff the trajectory votes: well formed, with one score per response."""
+    return parsed.ok and len(parsed.scores) == num_responses
+
+
 def vote(trajectories: Sequence[ParsedScores], num_responses: int):
     """-> (summed scores float [n], number of trajectories that voted)."""
     total = np.zeros(num_responses, np.float64)
     voters = 0
     for parsed in trajectories:
-        if parsed.ok and len(parsed.scores) == num_responses:
+        if casts_vote(parsed, num_responses):
             total += np.asarray(parsed.scores, np.float64)
             voters += 1
     return total, voters
@@ -94,8 +99,7 @@ def default_k_meta(k: int) -> int:
 def changes_vote(parsed: ParsedScores, num_responses: int) -> bool:
     """True iff the trajectory's scores can move a vote: well formed, one per response,
     and not all equal (equal scores add the same to every response)."""
-    return (parsed.ok and len(parsed.scores) == num_responses
-            and len(set(parsed.scores)) > 1)
+    return casts_vote(parsed, num_responses) and len(set(parsed.scores)) > 1
 
 
 def metarm_best(trajectories: Sequence[ParsedScores], meta_scores, num_responses: int,
