@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from moe_jax.config import load_config

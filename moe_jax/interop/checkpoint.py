@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from moe_jax.interop.hf_export import commit_directory, staging_directory
+from moe_jax.interop.staging import staged_directory
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.checkpoint import restore_trained_state
 
@@ -41,10 +40,7 @@ STATE_DIR = "state"
 def save_converted(directory: str, params, router_bias, model_config, hf_config: dict | None = None,
                    overwrite: bool = False) -> str:
     """Write the layout above; refuses a non-empty `directory` unless overwrite."""
-    if os.path.exists(directory) and os.listdir(directory) and not overwrite:
-        raise FileExistsError(f"{directory} exists and is not empty (overwrite=True or --overwrite replaces it)")
-    tmp = staging_directory(directory)
-    try:
+    with staged_directory(directory, overwrite) as tmp:
         with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
             json.dump(model_config.to_dict(), f, indent=2, sort_keys=True)
         if hf_config is not None:
@@ -53,10 +49,6 @@ def save_converted(directory: str, params, router_bias, model_config, hf_config:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(tmp, STATE_DIR),
                               {"params": params, "router_bias": router_bias or {}})
-        commit_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

@@ -28,6 +28,8 @@ import numpy as np
 from moe_jax.moe.router import BIAS_COLLECTION
 
 PARAMS = "params"
+# An FP8 checkpoint stores tensor `<name>` as float8 and its block scales as `<name>_scale_inv`.
+SCALE_SUFFIX = "_scale_inv"
 
 
 @dataclass(eq=False)

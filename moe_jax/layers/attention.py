@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from moe_jax.layers.initializers import dense_init
 from moe_jax.layers.norms import RMSNorm
 from moe_jax.layers.rope import apply_rope, rope_cos_sin_scale, rope_inv_freq, softmax_scale
-from moe_jax.quant.fp8 import matmul
+from moe_jax.layers.fp8 import matmul
 
 
 def attention_mask(q_positions, k_positions, q_segments=None, k_segments=None):

@@ -79,7 +79,7 @@ def base_model_config() -> ml_collections.ConfigDict:
     c.init_std = 0.02
     c.dtype = "float32"  # compute dtype
     c.param_dtype = "float32"  # master weights
-    # DeepSeek-V3's FP8 recipe for the projections and experts (moe_jax.quant.fp8); the
+    # DeepSeek-V3's FP8 recipe for the projections and experts (moe_jax.layers.fp8); the
     # embedding, head, router, norms and attention core stay in `dtype`.
     c.fp8 = False
     c.remat_policy = "none"

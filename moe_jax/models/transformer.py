@@ -23,7 +23,7 @@ from moe_jax.layers.mlp import MLP
 from moe_jax.layers.norms import RMSNorm
 from moe_jax.moe.block import MoEBlock
 from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION
-from moe_jax.quant.fp8 import matmul
+from moe_jax.layers.fp8 import matmul
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer

@@ -15,7 +15,6 @@ import time
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
