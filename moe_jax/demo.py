@@ -18,6 +18,7 @@ from moe_jax.models.transformer import Transformer
 from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
+from moe_jax.train.losses import LossWeights
 
 
 def reversal_batch(rng: np.random.Generator, batch: int, half: int, vocab: int):
@@ -36,12 +37,13 @@ def reversal_batch(rng: np.random.Generator, batch: int, half: int, vocab: int):
 def run_demo(config_path: str = "configs/tiny.py", seconds: float = 60.0, batch: int = 16,
              half: int = 12, vocab: int = 16, seed: int = 0) -> dict:
     config = load_config(config_path)
-    model = Transformer(config.model)
+    model = Transformer.from_config(config.model)
     opt_config = default_optimizer_config()
     opt_config.total_steps, opt_config.warmup_steps, opt_config.learning_rate = 600, 30, 2e-3
     optimizer = make_optimizer(opt_config)
     state = create_train_state(model, optimizer, jax.random.PRNGKey(seed), 2 * half)
-    step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(model, optimizer, LossWeights.from_config(config.model),
+                                      config.model.bias_update_rate), donate_argnums=0)
     rng = np.random.default_rng(seed)
     counts = count_parameters(config.model)
     print(f"tiny model: {format_count(counts['total'])} parameters, "

@@ -70,7 +70,7 @@ def main(argv):
     workdir = argv[0]
     config = load_config(argv[1] if len(argv) > 1 else "experiments/grpo_reasoning.py:slip")
     n = int(argv[2]) if len(argv) > 2 else config.eval.final_num_examples
-    state = restore_trained_state(workdir, Transformer(config.model))
+    state = restore_trained_state(workdir, Transformer.from_config(config.model))
     if state is None:
         raise SystemExit(f"no readable checkpoint in {workdir}")
     tokenizer = get_tokenizer(config.data.tokenizer)

@@ -9,7 +9,7 @@ On-disk layout (stable; the training loop loads it to start from imported weight
                           so that exporting again reproduces the original checkpoint
       state/              orbax StandardCheckpointer of the dict
                           {"params": <params collection>, "router_bias": <router_bias collection>}
-                          with exactly the structure `Transformer(model_config).init` gives
+                          with exactly the structure `Transformer.from_config(model_config).init` gives
                           (scanned stacks, stacked experts, float arrays)
 
     params, router_bias, model_config, hf_config = load_converted(CKPT_DIR)
@@ -95,7 +95,7 @@ def load_start(directory: str, model_config, log=print):
             if name in model_config:
                 converted[name] = model_config[name]
         return converted, params, router_bias
-    state = restore_trained_state(directory, Transformer(model_config), log)
+    state = restore_trained_state(directory, Transformer.from_config(model_config), log)
     if state is None:
         raise FileNotFoundError(f"{directory}: neither a converted checkpoint ({MODEL_CONFIG_FILE}) "
                                 f"nor a training workdir with a readable checkpoint")

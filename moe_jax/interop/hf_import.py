@@ -1,7 +1,7 @@
 """Read a Hugging Face DeepSeek-V2/V3 checkpoint directory into our variables.
 
     result = import_hf("DeepSeek-V2-Lite/")          # numpy arrays on the host
-    logits, _ = Transformer(result.model_config).apply(
+    logits, _ = Transformer.from_config(result.model_config).apply(
         {"params": result.params, "router_bias": result.router_bias}, tokens)
 
 Everything is checked against the headers before any tensor is read: missing and

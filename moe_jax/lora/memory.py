@@ -40,7 +40,8 @@ from flax import traverse_util
 from moe_jax.lora.adapters import default_lora_config, validate_lora_config
 from moe_jax.lora.nf4 import nf4_bytes
 from moe_jax.lora.targets import adapter_shapes, select_kernels
-from moe_jax.models.config import ConfigError, capacity
+from moe_jax.models.config import ConfigError
+from moe_jax.moe.dispatch import expert_capacity
 from moe_jax.models.transformer import Transformer
 
 GIB = 2**30
@@ -63,7 +64,7 @@ def _layers_in(path, m) -> int:
 def _abstract_params(m) -> dict:
     from moe_jax.parallel.sharding import abstract_boxed_params
 
-    return traverse_util.flatten_dict(nn.unbox(abstract_boxed_params(Transformer(m))))
+    return traverse_util.flatten_dict(nn.unbox(abstract_boxed_params(Transformer.from_config(m))))
 
 
 def _adapter_count(params: dict, targets, rank: int) -> int:
@@ -110,7 +111,7 @@ def qlora_memory_plan(model_config, lora_config=None, *, batch_size: int = 1,
     b, t, d, h = batch_size, seq_len, m.d_model, m.num_heads
     token_width = (6 * d + h * (2 * (m.qk_nope_head_dim + m.qk_rope_head_dim) + 2 * m.v_head_dim)
                    + m.kv_lora_rank)
-    expert_slots = m.num_experts * capacity(b * t, m) if m.num_layers > m.num_dense_layers else 0
+    expert_slots = m.num_experts * expert_capacity(b * t, m.top_k, m.num_experts, m.capacity_factor) if m.num_layers > m.num_dense_layers else 0
     one_layer = {
         "attention_scores": 4 * b * h * t * t * 4,
         "token_tensors": 2 * b * t * token_width * compute,

@@ -47,7 +47,7 @@ def memory_plan(model_config, mesh_sizes: Mapping[str, int], num_devices: int | 
     "per_device_params", "groups" (per-device params of routed experts / the rest)}."""
     mesh = abstract_mesh(dict(mesh_sizes), num_devices)
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    boxed = abstract_boxed_params(Transformer(model_config))
+    boxed = abstract_boxed_params(Transformer.from_config(model_config))
     params = nn.unbox(boxed)
     logical = logical_param_specs(boxed)
     flat_params = traverse_util.flatten_dict(params)

@@ -152,7 +152,7 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, 
     init_dir = _sft_workdir(config, workdir, log)
     # An SFT workdir, or a `moe-jax convert` directory that brings its own model config.
     m, ref_params, router_bias = load_start(init_dir, m, log)
-    policy = Transformer(m)
+    policy = Transformer.from_config(m)
     opt_config = optimizer_config(config)
     optimizer, score, update = _compiled(ml_collections.FrozenConfigDict(m),
                                          ml_collections.FrozenConfigDict(opt_config), grpo_config(config))

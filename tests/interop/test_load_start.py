@@ -13,7 +13,7 @@ from moe_jax.train.state import create_train_state
 
 
 def _state(config, seed):
-    return create_train_state(Transformer(config), make_optimizer(default_optimizer_config()),
+    return create_train_state(Transformer.from_config(config), make_optimizer(default_optimizer_config()),
                               jax.random.PRNGKey(seed), 8)
 
 

@@ -49,7 +49,7 @@ def grpo_config(sft_dir, data_dir, extra=()):
 
 
 def final_params(config, workdir):
-    state = restore_trained_state(workdir, Transformer(config.model), log=lambda *_: None)
+    state = restore_trained_state(workdir, Transformer.from_config(config.model), log=lambda *_: None)
     return int(state.step), jax.tree.map(np.asarray, state.params)
 
 
