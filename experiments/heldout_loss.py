@@ -21,7 +21,7 @@ from moe_jax.config import load_config
 from moe_jax.data.pipeline import train_dataset
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.transformer import Transformer
-from moe_jax.train.checkpoint import restore_trained_state
+from moe_jax.train.loader import load_model
 from moe_jax.train.loop import load_data
 from moe_jax.train.step import forward_with_loss
 from moe_jax.train.losses import LossWeights
@@ -38,9 +38,7 @@ def main():
     a = p.parse_args()
     config = load_config(a.config, a.override)
     model = Transformer.from_config(config.model)
-    state = restore_trained_state(a.workdir, model)
-    if state is None:
-        raise SystemExit(f"no readable checkpoint in {a.workdir}")
+    state = load_model(a.workdir, config.model)
     _, test_source = load_data(config, a.workdir)
     batches = iter(train_dataset(test_source, get_tokenizer(config.data.tokenizer),
                                  global_batch_size=a.batch_size, seq_len=config.data.seq_len,

@@ -1,6 +1,8 @@
-"""The checkpoint directory `moe-jax convert --from-hf` writes and `--from-ckpt` reads.
+"""A model directory: a model config and its weights, nothing of a training run.
 
-On-disk layout (stable; the training loop loads it to start from imported weights):
+`moe-jax convert --from-hf` writes one and `--from-ckpt` reads one; the GRM pipeline
+saves each phase as one, distillation its teacher, LoRA its base. Readers use the one
+loader, moe_jax.train.loader.load_model. On-disk layout (stable):
 
     CKPT_DIR/
       model_config.json   our `config.model` as JSON (ConfigDict.to_dict()); rebuild it
@@ -29,8 +31,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from moe_jax.interop.staging import staged_directory
-from moe_jax.models.transformer import Transformer
-from moe_jax.train.checkpoint import restore_trained_state
 
 MODEL_CONFIG_FILE = "model_config.json"
 HF_CONFIG_FILE = "hf_config.json"
@@ -80,23 +80,3 @@ def load_converted(directory: str, shardings=None):
             state = checkpointer.restore(state_path, target)
     state = jax.tree.map(lambda x: np.asarray(x) if shardings is None else x, state)
     return state["params"], state.get("router_bias", {}), model_config, hf_config
-
-
-def load_start(directory: str, model_config, log=print):
-    """-> (model_config, params, router_bias) to start training from `directory`.
-
-    Either a directory this module writes (an imported Hugging Face model: it brings its
-    own model config, of which the caller's dtype and remat settings are kept), or a
-    training workdir, whose newest good checkpoint is read with `model_config`'s shapes.
-    """
-    if os.path.exists(os.path.join(directory, MODEL_CONFIG_FILE)):
-        params, router_bias, converted, _ = load_converted(directory)
-        for name in ("dtype", "param_dtype", "remat_policy"):
-            if name in model_config:
-                converted[name] = model_config[name]
-        return converted, params, router_bias
-    state = restore_trained_state(directory, Transformer.from_config(model_config), log)
-    if state is None:
-        raise FileNotFoundError(f"{directory}: neither a converted checkpoint ({MODEL_CONFIG_FILE}) "
-                                f"nor a training workdir with a readable checkpoint")
-    return model_config, state.params, state.router_bias

@@ -30,7 +30,6 @@ away (lowering it) and allocator fragmentation adds to it.
 
 from __future__ import annotations
 
-import json
 import math
 
 import flax.linen as nn
@@ -162,25 +161,12 @@ def format_qlora_plan(plan: dict, title: str = "") -> str:
     ])
 
 
-def run_qlora_plan(args) -> int:
-    """`moe-jax plan --qlora`: see moe_jax/parallel/plan.py for the arguments."""
-    from moe_jax.config import load_config
-
-    config = load_config(args.config, args.override)
-    lora = default_lora_config()
-    lora.rank = args.lora_rank
-    lora.alpha = 2.0 * args.lora_rank
-    lora.targets = args.lora_targets.split(",") if args.lora_targets else list(PLAN_TARGETS)
-    plan = qlora_memory_plan(config.model, lora, batch_size=args.batch_size, seq_len=args.seq_len)
-    if args.json:
-        print(json.dumps(dict(plan, config=args.config)))
-        return 0
-    print(format_qlora_plan(plan, f"{args.config}: "))
-    if "routed_experts" not in lora.targets:
-        lora.targets = list(lora.targets) + ["routed_experts"]
-        extra = _adapter_count(_abstract_params(config.model), lora.targets, lora.rank) \
-            - plan["adapter_params"]
-        print(f"  (per-expert adapters on the routed experts too would add {extra / 1e6:.0f}M "
-              f"parameters and {extra * (2 * 2 + MOMENT_BYTES) / GIB:.2f} GiB: "
-              f"--lora-targets {','.join(lora.targets)})")
-    return 0
+def unplanned_expert_note(model_config, lora, plan) -> str | None:
+    """What per-expert adapters on the routed experts would add, when the plan has none."""
+    if "routed_experts" in lora.targets:
+        return None
+    targets = list(lora.targets) + ["routed_experts"]
+    extra = _adapter_count(_abstract_params(model_config), targets, lora.rank) - plan["adapter_params"]
+    return (f"  (per-expert adapters on the routed experts too would add {extra / 1e6:.0f}M "
+            f"parameters and {extra * (2 * 2 + MOMENT_BYTES) / GIB:.2f} GiB: "
+            f"--lora-targets {','.join(targets)})")
