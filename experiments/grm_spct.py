@@ -39,13 +39,10 @@ Variants:
          (the model section is taken from CKPT; the GRM texts are plain ASCII)
 """
 
-import os
-
 import ml_collections
 
-from moe_jax.config import load_config
+from moe_jax.jobs import recipes
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = ("tiny", "tiny_main", "hf")
 
 
@@ -63,8 +60,8 @@ def get_config(arg=None):
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
     tiny = variant in ("tiny", "tiny_main")
-    c = load_config(f"{os.path.join(HERE, 'pretrain_arith.py')}:{'tiny' if tiny else 'small'}")
-    c.experiment = "moe_jax.grm.pipeline"
+    c = recipes.arithmetic("tiny" if tiny else "small")
+    c.job = "grm_spct"
     if variant == "tiny":
         _tiny_model(c.model)
     if tiny:

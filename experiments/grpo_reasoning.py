@@ -9,8 +9,9 @@ and every `eval.every` steps.
 
     python -m moe_jax.main --config=experiments/grpo_reasoning.py:tiny --workdir=runs/grpo
 
-With rl.init_from empty the run first trains experiments/sft_reasoning.py:tiny into
-<workdir>/sft. Rerunning the command resumes (SFT or GRPO, wherever it stopped).
+With rl.init_from empty the run first trains its `sft` section (the matching variant of
+experiments/sft_reasoning.py) into <workdir>/sft. Rerunning the command resumes (SFT or
+GRPO, wherever it stopped).
 
 Variants:
   tiny   arithmetic on 2 CPU cores (the SFT model of sft_reasoning.py:tiny)
@@ -25,13 +26,10 @@ Variants:
          (the model section is taken from CKPT; the task prompts are plain text).
 """
 
-import os
-
 import ml_collections
 
-from moe_jax.config import load_config
+from moe_jax.jobs import recipes
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = ("tiny", "arith", "slip", "hf")
 
 
@@ -39,15 +37,14 @@ def get_config(arg=None):
     variant = arg or "tiny"
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
-    sft_variant = variant if variant != "hf" else "small"
-    sft = f"{os.path.join(HERE, 'sft_reasoning.py')}:{sft_variant}"
-    c = load_config(sft)
-    c.experiment = "moe_jax.rl.loop"
+    small = variant != "hf"  # the CPU variants
+    c = recipes.sft(variant if small else "small")
+    if small:  # trained into <workdir>/sft when rl.init_from is empty
+        c.sft = c.copy_and_resolve_references()
+    c.job = "grpo"
 
     c.rl = ml_collections.ConfigDict()
-    small = variant != "hf"  # the CPU variants
-    c.rl.sft_config = sft if small else ""
-    c.rl.init_from = ""  # an SFT workdir or a `moe-jax convert` directory; "" = train SFT first
+    c.rl.init_from = ""  # an SFT workdir or a model directory; "" = train the `sft` section first
     c.rl.group_size = 8  # G
     c.rl.prompt_len = 16 if small else 128
     c.rl.max_new_tokens = 40 if small else 512

@@ -4,47 +4,55 @@
     python -m moe_jax.main --config=experiments/pretrain_arith.py:tiny --workdir=/tmp/run \\
         --config.train.steps=200 --config.model.num_experts=32
 
-Rerunning the same command resumes from the newest good checkpoint in --workdir. On a
-multi-host job every process runs the same command; `jax.distributed` is initialised
-from the environment (see moe_jax.parallel) before anything touches a device.
+--config names an experiment file (`path.py[:variant]`, from any directory) or a model
+preset; the file is executed once and what runs is its own `run`, else the job its
+config names (moe_jax.jobs). Rerunning the same command resumes from the newest good
+checkpoint in --workdir. On a multi-host job every process runs the same command;
+`jax.distributed` is initialised from the environment (see moe_jax.parallel) after the
+config is checked and before anything touches a device.
 """
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment file, path.py:variant",
-                                          lock_config=False)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and data go")
-flags.mark_flags_as_required(["config", "workdir"])
+def parse_args(argv):
+    from moe_jax.config import split_overrides
+
+    rest, overrides = split_overrides(argv)
+    parser = argparse.ArgumentParser(prog="python -m moe_jax.main", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment file path.py[:variant] or preset name")
+    parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and data go")
+    args = parser.parse_args(rest)
+    return args.config, args.workdir, overrides
 
 
-def main(argv):
-    del argv
+def main(argv=None) -> int:
+    spec, workdir, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from absl import logging
+
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
-    config = _CONFIG.value
-    from moe_jax.train.loop import train_and_evaluate, validate_training_config
-
+    from moe_jax.config import load_experiment
+    from moe_jax.jobs import run_experiment, validate_experiment
     from moe_jax.parallel.distributed import initialize_distributed
 
-    validate_training_config(config)  # before any device work or compilation
+    from moe_jax.models.config import ConfigError
+
+    try:
+        module, config = load_experiment(spec, overrides)
+        validate_experiment(module, config)  # before any device work or compilation
+    except (ConfigError, FileNotFoundError, AttributeError, ValueError) as error:
+        # A bad config is the user's to fix: one line naming the field, no traceback.
+        print(f"python -m moe_jax.main: error: {error}", file=sys.stderr)
+        return 2
     initialize_distributed()  # from JAX_COORDINATOR_ADDRESS etc.; a no-op on one process
-    experiment = config.get("experiment", "")
-    if experiment:
-        # An experiment file may supply its own entry point (e.g. GRPO, distillation).
-        module = importlib.import_module(experiment)
-        summary = module.run(config, _WORKDIR.value)
-    else:
-        summary = train_and_evaluate(config, _WORKDIR.value)
-    print(f"held-out exact match: {summary['exact_match']:.1%} on {summary['eval_examples']} "
-          f"{summary['task']} problems after {summary['step']} steps "
-          f"({summary['train_seconds']:.0f}s of training)")
+    summary = run_experiment(module, config, workdir)
+    print(summary.headline())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(main())

@@ -16,9 +16,9 @@
                and after RFT + RL; best-of-n over a policy's own samples
 
 Every phase saves its model under <workdir>/models/<phase> (the `moe-jax convert`
-layout, so `rl.grm_from` and `load_converted` read it) and is skipped when that
+layout, so `rl.grm_from` and the one loader read it) and is skipped when that
 directory exists: rerunning the command continues after the last finished phase.
-`run(config, workdir)` is the entry point of `python -m moe_jax.main`.
+The `grm_spct` job (moe_jax.jobs.grm_spct) runs it for `python -m moe_jax.main`.
 """
 
 from __future__ import annotations
@@ -402,13 +402,6 @@ def _read_results(workdir):
 def _write_results(workdir, results):
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
         json.dump(results, f, indent=2)
-
-
-def run(config, workdir):
-    """Entry point for `python -m moe_jax.main` (config.experiment = "moe_jax.grm.pipeline")."""
-    summary = train_and_evaluate_grm(config, workdir)
-    print(format_table(summary["results"], config.grm.eval_ks))
-    return summary
 
 
 def format_table(results: dict, ks) -> str:

@@ -2,9 +2,8 @@
 
     python -m moe_jax.main --config=experiments/grpo_reasoning.py:tiny --workdir=runs/grpo
 
-runs `run(config, workdir)`: it first makes sure an SFT model exists (training it with
-`config.rl.sft_config` into <workdir>/sft when `config.rl.init_from` is empty; that run
-resumes like any pretraining run), then repeats for `train.steps` steps:
+runs the `grpo` job (moe_jax.jobs.grpo): it makes sure an SFT model exists, then
+`train_grpo` repeats for `train.steps` steps:
 
     prompts (train split, shuffled) -> G samples each at rl.temperature -> rewards
     -> group advantages -> pi_old and pi_ref log-probs -> rl.num_minibatches updates
@@ -19,7 +18,6 @@ the SFT model, reloaded from its checkpoint on resume.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import time
@@ -29,7 +27,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from moe_jax.config import load_config
 from moe_jax.data.tasks import get_task
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.config import ConfigError
@@ -42,8 +39,7 @@ from moe_jax.rl.rollout import sample_groups
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.evaluate import exact_match
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import (NonFiniteLossError, load_data, optimizer_config, resume,
-                                train_and_evaluate)
+from moe_jax.train.loop import (NonFiniteLossError, load_data, optimizer_config, resume)
 from moe_jax.train.metrics import MetricsWriter, Progress, read_metrics
 from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.state import create_train_state
@@ -68,46 +64,13 @@ def validate_rl_config(config: ml_collections.ConfigDict):
         raise ConfigError("rl.max_new_tokens", r.max_new_tokens,
                           f"at most model.max_seq_len - rl.prompt_len = "
                           f"{config.model.max_seq_len - r.prompt_len}")
-    if not r.init_from and not r.sft_config:
-        raise ConfigError("rl.init_from", r.init_from, "an SFT workdir, or rl.sft_config to train one")
     grpo_config(config)  # aggregation and clip checks
-
-
-# Rewards besides the verifier, by name. They live above rl/ (the GRM is itself trained
-# with GRPO), so they are imported only when a config names them.
-REWARD_FACTORIES = {"grm": "moe_jax.grm.reward:reward_fn_from_config"}
-
-
-def configured_reward(config, tokenizer):
-    """rl.reward = "verifier" (default: task verifier + format) or a REWARD_FACTORIES name."""
-    r = config.rl
-    name = r.get("reward", "verifier")
-    if name == "verifier":
-        return functools.partial(task_rewards, config.data.task, format_weight=r.format_weight)
-    if name not in REWARD_FACTORIES:
-        raise ConfigError("rl.reward", name, f"one of {['verifier', *REWARD_FACTORIES]}")
-    if name == "grm" and not r.get("grm_from"):
-        raise ConfigError("rl.grm_from", r.get("grm_from"), "a GRM workdir (experiments/grm_spct.py)")
-    module, _, factory = REWARD_FACTORIES[name].partition(":")
-    return getattr(importlib.import_module(module), factory)(config, tokenizer)
 
 
 def grpo_config(config) -> GRPOConfig:
     r = config.rl
     return GRPOConfig(eps_low=r.eps_low, eps_high=r.eps_high, beta=r.beta,
                       aggregation=r.aggregation, max_length=r.max_new_tokens)
-
-
-def _sft_workdir(config, workdir: str, log) -> str:
-    """The SFT checkpoint directory, trained first when the config asks for it."""
-    if config.rl.init_from:
-        return config.rl.init_from
-    sft_dir = os.path.join(workdir, "sft")
-    summary_path = os.path.join(sft_dir, "summary.json")
-    if not os.path.exists(summary_path):
-        log(f"training the SFT model ({config.rl.sft_config}) into {sft_dir}")
-        train_and_evaluate(load_config(config.rl.sft_config), sft_dir, log=log)
-    return sft_dir
 
 
 @functools.lru_cache(maxsize=4)
@@ -133,23 +96,27 @@ def _check_finite(step: int, scalars: dict):
                                  f"this state. The last checkpoint is untouched.")
 
 
-def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, log=print) -> dict:
-    """Run GRPO as configured; returns the summary (also written to summary.json).
+def verifier_reward(config):
+    """The task's verifier plus rl.format_weight x the format reward (rl.reward = "verifier")."""
+    return functools.partial(task_rewards, config.data.task, format_weight=config.rl.format_weight)
 
-    reward_fn(examples, responses) -> {"reward": [N], ...}; default: the one rl.reward
-    names, the task's verifier plus `rl.format_weight` x the format reward
-    (moe_jax.rl.rewards.task_rewards) unless it says "grm".
+
+def train_grpo(config: ml_collections.ConfigDict, workdir: str, init_dir: str, reward_fn=None,
+               log=print) -> dict:
+    """Run GRPO from the model in `init_dir` (an SFT workdir or a model directory);
+    returns the summary (also written to summary.json).
+
+    reward_fn(examples, responses) -> {"reward": [N], ...}; default: `verifier_reward`.
     """
     validate_rl_config(config)
     os.makedirs(workdir, exist_ok=True)
     t, r, m = config.train, config.rl, config.model
     task = config.data.task
     tokenizer = get_tokenizer(config.data.tokenizer)
-    reward_fn = reward_fn or configured_reward(config, tokenizer)
+    reward_fn = reward_fn or verifier_reward(config)
     train_source, test_source = load_data(config, workdir)
     task_spec = get_task(task)
 
-    init_dir = _sft_workdir(config, workdir, log)
     # An SFT workdir, or a `moe-jax convert` directory that brings its own model config.
     start = load_model(init_dir, m, log=log)
     m, ref_params, router_bias = start.model_config, start.params, start.router_bias
@@ -234,13 +201,4 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, 
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-    return summary
-
-
-def run(config, workdir):
-    """Entry point for `python -m moe_jax.main` (config.experiment = "moe_jax.rl.loop")."""
-    summary = train_grpo(config, workdir)
-    if summary.get("initial_exact_match") is not None:
-        print(f"GRPO: held-out exact match {summary['initial_exact_match']:.1%} (SFT) -> "
-              f"{summary['exact_match']:.1%} after {summary['step']} steps")
     return summary

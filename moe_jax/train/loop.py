@@ -28,6 +28,7 @@ from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.evaluate import exact_match
+from moe_jax.train.loader import RUN_CONFIG_FILE
 from moe_jax.train.metrics import MetricsWriter, Progress
 from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.state import create_train_state
@@ -130,10 +131,23 @@ def resume(checkpointer: Checkpointer, state, data_iter, workdir: str, log=print
     return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
-    """Train, checkpoint and evaluate; returns the final summary (also in summary.json)."""
+def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Write the run's resolved config to <workdir>/config.json once (process 0), so that
+    readers of the run (moe_jax.train.loader) need no --config."""
+    path = os.path.join(workdir, RUN_CONFIG_FILE)
+    if jax.process_index() == 0 and not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+        os.replace(path + ".tmp", path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print,
+                       make_step=None) -> dict:
+    """Train, checkpoint and evaluate; returns the final summary (also in summary.json).
+    make_step(model, optimizer, config) -> train_step replaces the default step."""
     validate_training_config(config, jax.process_count())
     os.makedirs(workdir, exist_ok=True)
+    record_config(config, workdir)
     t, m = config.train, config.model
     tokenizer = get_tokenizer(config.data.tokenizer)
     if tokenizer.vocab_size > m.vocab_size:
@@ -154,7 +168,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     start_step = int(state.step)
 
     base_rng = jax.random.PRNGKey(t.seed + 1)
-    step_fn = jax.jit(make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate), donate_argnums=0)
+    step = (make_step(model, optimizer, config) if make_step is not None else
+            make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate))
+    step_fn = jax.jit(step, donate_argnums=0)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     tokens_per_step = t.batch_size * config.data.seq_len
     progress = Progress(t.steps, start_step, tokens_per_step, enabled=t.progress_bar)

@@ -17,10 +17,10 @@ def _experiment():
 
 @pytest.mark.slow
 def test_pipeline_runs_every_phase_and_resumes(tmp_path):
-    from moe_jax.grm.pipeline import run
+    from moe_jax.jobs import grm_spct
 
     config = _experiment().smoke_config()
-    summary = run(config, str(tmp_path))
+    summary = grm_spct.run(config, str(tmp_path), log=lambda *_: None).details
     for key in ("exact_match", "eval_examples", "task", "step", "train_seconds"):
         assert key in summary, key
     results = json.load(open(tmp_path / "results.json"))

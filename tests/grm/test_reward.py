@@ -10,7 +10,7 @@ from moe_jax.data.tasks.base import Example
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.grm.judge import pairs
 from moe_jax.models.config import ConfigError
-from moe_jax.rl.loop import configured_reward
+from moe_jax.jobs import grpo as grpo_job
 
 
 def test_pairings():
@@ -25,13 +25,14 @@ def test_pairings():
 def test_reward_option_is_checked():
     config = load_config("experiments/grpo_reasoning.py:tiny")
     tokenizer = get_tokenizer("char")
-    assert configured_reward(config, tokenizer).func.__name__ == "task_rewards"
+    grpo_job.validate(config)
+    assert grpo_job.REWARDS["verifier"](config, tokenizer).func.__name__ == "task_rewards"
     config.rl.reward = "oracle"
     with pytest.raises(ConfigError, match="rl.reward"):
-        configured_reward(config, tokenizer)
+        grpo_job.validate(config)
     config.rl.reward = "grm"
     with pytest.raises(ConfigError, match="rl.grm_from"):
-        configured_reward(config, tokenizer)
+        grpo_job.validate(config)
 
 
 @pytest.mark.slow
@@ -41,7 +42,7 @@ def test_grm_reward_scores_every_response_of_a_group(tmp_path):
     config = load_config("experiments/grpo_reasoning.py:tiny")
     config.rl = ml_collections.ConfigDict(dict(config.rl, reward="grm", group_size=2,
                                                grm_from=str(tmp_path / "grm")))
-    reward_fn = configured_reward(config, get_tokenizer("char"))
+    reward_fn = grpo_job.REWARDS["grm"](config, get_tokenizer("char"))
     examples = [Example("1+2=", "+10+20=+30>3", "3")] * 2 + [Example("5-7=", "+50-70=-20>-2", "-2")] * 2
     out = reward_fn(examples, ["+10+20=+30>3", "+10+20=+40>4", "x", "+50-70=-20>-2"])
     assert out["reward"].shape == (4,) and np.all((out["reward"] >= 0) & (out["reward"] <= 1))

@@ -7,6 +7,7 @@ import pytest
 
 from moe_jax.config import load_config
 from moe_jax.models.config import ConfigError
+from moe_jax.jobs import grpo as grpo_job
 from moe_jax.rl import loop
 from moe_jax.train.loader import load_model
 from moe_jax.train.loop import train_and_evaluate
@@ -56,7 +57,7 @@ def test_grpo_runs_logs_and_resumes_exactly_after_a_crash(sft_dir, tmp_path):
     data_dir = str(tmp_path / "data")
     config = grpo_config(sft_dir, data_dir)
     reference = str(tmp_path / "reference")
-    summary = loop.train_grpo(config, reference, reward_fn=zeros_reward, log=lambda *_: None)
+    summary = loop.train_grpo(config, reference, sft_dir, reward_fn=zeros_reward, log=lambda *_: None)
     assert summary["step"] == 4 and summary["initial_exact_match"] is not None
 
     records = read_metrics(reference)
@@ -79,9 +80,9 @@ def test_grpo_runs_logs_and_resumes_exactly_after_a_crash(sft_dir, tmp_path):
 
     crashed = str(tmp_path / "crashed")
     with pytest.raises(Crash):
-        loop.train_grpo(config, crashed, reward_fn=crashing_reward, log=lambda *_: None)
+        loop.train_grpo(config, crashed, sft_dir, reward_fn=crashing_reward, log=lambda *_: None)
     messages = []
-    summary = loop.train_grpo(config, crashed, reward_fn=zeros_reward, log=messages.append)
+    summary = loop.train_grpo(config, crashed, sft_dir, reward_fn=zeros_reward, log=messages.append)
     assert any("resumed GRPO from step" in m for m in messages), messages
     assert summary["initial_exact_match"] is not None
 
@@ -111,7 +112,7 @@ def test_bad_rl_config_fails_before_any_compute(tmp_path, override, field):
 
 def test_slip_variant_learns_from_a_flawed_teacher_and_is_judged_on_the_truth():
     grpo = load_config("experiments/grpo_reasoning.py:slip")
-    sft = load_config(grpo.rl.sft_config)
+    sft = grpo.sft
     assert sft.data.difficulty.carry_slip > 0.5  # greedy imitation forgets the carry
     # GRPO samples and evaluates on the SFT model's own problems (and held-out split).
     assert dict(grpo.data.difficulty) == dict(sft.data.difficulty)
@@ -129,8 +130,8 @@ def test_grpo_runs_with_the_grm_as_its_reward(sft_dir, tmp_path):
 
     config = grpo_config(sft_dir, str(tmp_path / "data"),
                          ["train.steps=2", "rl.reward=grm", f"rl.grm_from={tmp_path / 'grm'}"])
-    summary = loop.train_grpo(config, str(tmp_path / "run"), log=lambda *_: None)
-    assert summary["step"] == 2
+    summary = grpo_job.run(config, str(tmp_path / "run"), log=lambda *_: None)
+    assert summary.steps == 2
     records = read_metrics(str(tmp_path / "run"))
     for step in (1, 2):
         assert 0.0 <= records[step]["reward"] <= 1.0  # scores rescaled from 1..10

@@ -1,7 +1,7 @@
 """Held-out cross-entropy of a run's newest checkpoint: the fair way to compare two runs
 whose logged training losses are single noisy batches (e.g. FP8 vs bfloat16).
 
-    python experiments/heldout_loss.py --config experiments/pretrain_arith.py:tiny \
+    python -m moe_jax.analysis.heldout_loss --config experiments/pretrain_arith.py:tiny \
         --workdir runs/fp8_True --override model.dtype=bfloat16 --override model.fp8=True
 
 Prints one JSON line: the step, and the response-token cross-entropy averaged over
