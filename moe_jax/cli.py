@@ -5,6 +5,7 @@
     moe-jax plan --config configs/deepseek_v3.py --mesh data=1,fsdp=32,expert=8,tensor=1 [--json]
     moe-jax sample --config X --checkpoint WORKDIR --prompt "12+34=" [--temperature 0.7]
     moe-jax quantize --config X --checkpoint WORKDIR --out QROOT [--bits 8,4] [--eval 500]
+    moe-jax serve --config X --checkpoint WORKDIR [--port 8000] [--max-batch 8]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from moe_jax.parallel.plan import add_plan_command
 from moe_jax.interop.cli import add_convert_command
 from moe_jax.infer.cli import add_sample_command
 from moe_jax.quant.cli import add_quantize_command
+from moe_jax.serve.cli import add_serve_command
 
 
 def _params(args) -> int:
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_command(sub)
     add_sample_command(sub)
     add_quantize_command(sub)
+    add_serve_command(sub)
     return parser
 
 

@@ -186,6 +186,7 @@ class Engine:
         self._thread = None
         self._stop = False
         self.counters = collections.Counter()  # see `stats`
+        self._token_times: collections.deque = collections.deque(maxlen=4096)  # (time, tokens)
 
     # -- public ------------------------------------------------------------------------
 
@@ -238,11 +239,17 @@ class Engine:
                 raise TimeoutError("the engine did not finish the requests in time")
         return results
 
-    def stats(self) -> dict:
+    def stats(self, window: float = 10.0) -> dict:
+        """Counters since start (prefills, decode_steps, busy_slot_steps, tokens_generated,
+        finished_<reason>), queue_depth, active_slots, num_slots, and tokens_per_second
+        over the last `window` seconds."""
         with self._wake:
             queued = len(self._pending)
+        now = time.monotonic()
+        recent = sum(n for t, n in list(self._token_times) if t >= now - window)
         return {"queue_depth": queued, "active_slots": sum(r is not None for r in self._running),
-                "num_slots": self.num_slots, **self.counters}
+                "num_slots": self.num_slots, "tokens_per_second": recent / window,
+                **self.counters}
 
     def start(self) -> "Engine":
         self._thread = threading.Thread(target=self._loop, name="moe-jax-engine", daemon=True)
@@ -306,6 +313,7 @@ class Engine:
             self.counters["prefills"] += 1
             self._running[slot] = running
             self._take(slot, draw, 0)
+            self._token_times.append((time.monotonic(), 1))
 
     def _drop_cancelled(self):
         for slot, running in enumerate(self._running):
@@ -319,6 +327,7 @@ class Engine:
         self.counters["busy_slot_steps"] += int(active.sum())
         for slot in np.flatnonzero(active):
             self._take(int(slot), draw, int(slot))
+        self._token_times.append((time.monotonic(), int(active.sum())))
 
     def _take(self, slot: int, draw, row: int):
         running = self._running[slot]
