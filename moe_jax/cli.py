@@ -6,6 +6,7 @@
     moe-jax sample --config X --checkpoint WORKDIR --prompt "12+34=" [--temperature 0.7]
     moe-jax quantize --config X --checkpoint WORKDIR --out QROOT [--bits 8,4] [--eval 500]
     moe-jax serve --config X --checkpoint WORKDIR [--port 8000] [--max-batch 8]
+    moe-jax export --config X --checkpoint WORKDIR --out ART [--quantized]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from moe_jax.interop.cli import add_convert_command
 from moe_jax.infer.cli import add_sample_command
 from moe_jax.quant.cli import add_quantize_command
 from moe_jax.serve.cli import add_serve_command
+from moe_jax.serve.export_cli import add_export_command
 
 
 def _params(args) -> int:
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_command(sub)
     add_quantize_command(sub)
     add_serve_command(sub)
+    add_export_command(sub)
     return parser
 
 
