@@ -139,7 +139,7 @@ def export_model(loaded, tokenizer, out: str, *, quantize: bool = False,
     exported_prefill = jax.export.export(jax.jit(prefill), platforms=platforms)(
         weights, jax.ShapeDtypeStruct((b, p), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
     tokens = jax.ShapeDtypeStruct((b_decode,), jnp.int32)
-    cache = jax.eval_shape(lambda t: prefill(weights, t[:, None], t)[1], tokens)
+    cache = jax.eval_shape(lambda w, t: prefill(w, t[:, None], t)[1], weights, tokens)
     exported_decode = jax.export.export(jax.jit(decode), platforms=platforms)(
         weights, cache, tokens)
 
