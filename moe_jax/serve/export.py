@@ -39,7 +39,7 @@ from flax import traverse_util
 
 from moe_jax.data.tokenizer import CharTokenizer
 from moe_jax.infer.cache import KVCache, init_cache
-from moe_jax.infer.generate import _extend, _prefill, inference_config
+from moe_jax.infer.generate import extend, inference_config, prefill
 from moe_jax.quant.weights import QuantizedTensor, dequantize, quantize_tree
 
 FORMAT_VERSION = 1
@@ -92,18 +92,18 @@ def _functions(m, spec, context: int, dtype):
         return KVCache(dict(zip(stacks, arrays[:n])), dict(zip(stacks, arrays[n:2 * n])),
                        arrays[2 * n], arrays[2 * n + 1])
 
-    def prefill(weights, tokens, lengths):
+    def prefill_fn(weights, tokens, lengths):
         params, router_bias = _rebuild(weights, spec, dtype)
         cache = init_cache(m, tokens.shape[0], context)
-        logits, cache = _prefill(m, params, router_bias, cache, tokens, lengths)
-        return logits[:, -1], to_list(cache)
+        logits, cache = prefill(m, params, router_bias, cache, tokens, lengths)
+        return logits, to_list(cache)
 
-    def decode(weights, cache, tokens):
+    def decode_fn(weights, cache, tokens):
         params, router_bias = _rebuild(weights, spec, dtype)
-        logits, cache = _extend(m, params, router_bias, from_list(cache), tokens[:, None])
+        logits, cache = extend(m, params, router_bias, from_list(cache), tokens[:, None])
         return logits[:, 0], to_list(cache)
 
-    return prefill, decode
+    return prefill_fn, decode_fn
 
 
 def export_model(loaded, tokenizer, out: str, *, quantize: bool = False,
@@ -128,7 +128,7 @@ def export_model(loaded, tokenizer, out: str, *, quantize: bool = False,
     names, arrays, spec = _weight_list(loaded.params, loaded.router_bias, 8 if quantize else None,
                                        group_size)
     dtype = jnp.dtype(m.param_dtype)
-    prefill, decode = _functions(m, spec, context, dtype)
+    prefill_fn, decode_fn = _functions(m, spec, context, dtype)
 
     if fixed:
         (b, p), b_decode = (batch, prompt_len), batch
@@ -136,11 +136,11 @@ def export_model(loaded, tokenizer, out: str, *, quantize: bool = False,
         b, p = jax.export.symbolic_shape("b, p", constraints=(f"p <= {context}",))
         (b_decode,) = jax.export.symbolic_shape("b")
     weights = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays]
-    exported_prefill = jax.export.export(jax.jit(prefill), platforms=platforms)(
+    exported_prefill = jax.export.export(jax.jit(prefill_fn), platforms=platforms)(
         weights, jax.ShapeDtypeStruct((b, p), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
     tokens = jax.ShapeDtypeStruct((b_decode,), jnp.int32)
-    cache = jax.eval_shape(lambda w, t: prefill(w, t[:, None], t)[1], weights, tokens)
-    exported_decode = jax.export.export(jax.jit(decode), platforms=platforms)(
+    cache = jax.eval_shape(lambda w, t: prefill_fn(w, t[:, None], t)[1], weights, tokens)
+    exported_decode = jax.export.export(jax.jit(decode_fn), platforms=platforms)(
         weights, cache, tokens)
 
     blobs = {"prefill": exported_prefill.serialize(), "decode": exported_decode.serialize()}

@@ -9,6 +9,8 @@
     moe_jax_batch_occupancy                    active / total slots now
     moe_jax_batch_occupancy_mean               mean over all decode steps so far
     moe_jax_decode_steps_total, moe_jax_prefills_total
+    moe_jax_busy_slot_steps_total              slots in use summed over decode steps (the
+                                               occupancy of an interval from two scrapes)
     moe_jax_choices_finished_total{reason}     stop, length, cancelled, error
 
 Each app has its own registry (several servers in one process stay apart); the engine's
@@ -40,6 +42,8 @@ class _EngineCollector:
 
         yield counter("tokens_generated", "tokens drawn by the engine", s.get("tokens_generated", 0))
         yield counter("decode_steps", "decode steps run", steps)
+        yield counter("busy_slot_steps", "sum over decode steps of the slots in use",
+                      s.get("busy_slot_steps", 0))
         yield counter("prefills", "prompts prefilled", s.get("prefills", 0))
         yield gauge("tokens_per_second", "tokens drawn per second over the last 10 s",
                     s["tokens_per_second"])
