@@ -7,11 +7,14 @@ POST /v1/completions at temperature 0:
   1. one client alone, `--requests` requests one after another;
   2. `--clients` clients at once, `--requests` each (different prompts).
 
-Then runs `moe-jax sample --json` on the same prompts and compares answers. Prints ONE
+then sends the first `--openai-prompts` prompts through the official `openai` client,
+in one request and streamed one by one. Then runs `moe-jax sample --json` on the same
+prompts and compares answers. Prints ONE
 JSON line: completion tokens/s of each phase and their ratio (the limit is `--clients`,
 perfect scaling), p50/p99 request latency, the mean batch occupancy of the concurrent
 phase (from /metrics: slots in use / slots, over its decode steps), failed requests,
-whether every answer equals `moe-jax sample`'s, and held-out exact match.
+whether every answer equals `moe-jax sample`'s, held-out exact match, and the same for
+the openai client's answers.
 
     python -m moe_jax.main --config=experiments/pretrain_arith.py:tiny --workdir=runs/arith
     python benchmarks/serve_load.py --workdir runs/arith              # 32 clients x 8 requests
@@ -46,6 +49,8 @@ def parse_args():
     p.add_argument("--max-batch", type=int, default=32, help="the server's decode slots")
     p.add_argument("--context", type=int, default=64, help="tokens per slot")
     p.add_argument("--max-tokens", type=int, default=40, help="as the config's eval.max_new_tokens")
+    p.add_argument("--openai-prompts", type=int, default=16,
+                   help="prompts also sent through the official openai client")
     return p.parse_args()
 
 
@@ -113,6 +118,18 @@ def run_clients(url, prompts_per_client, max_tokens) -> tuple[float, list]:
     return time.perf_counter() - start, results
 
 
+def openai_client_answers(url, prompts, max_tokens) -> dict:
+    """The official OpenAI client: one request for all prompts, then each one streamed."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    kw = dict(model="arith", max_tokens=max_tokens, temperature=0)
+    whole = client.completions.create(prompt=prompts, **kw)
+    streamed = ["".join(c.choices[0].text for c in client.completions.create(prompt=p, stream=True, **kw))
+                for p in prompts]
+    return {"whole": [c.text for c in whole.choices], "streamed": streamed}
+
+
 def sample_answers(args, prompts) -> dict:
     command = [sys.executable, "-m", "moe_jax.cli", "sample", "--checkpoint", args.workdir,
                "--config", args.config, "--max-new-tokens", str(args.max_tokens), "--json"]
@@ -145,6 +162,7 @@ def main():
             args.max_tokens)
         after = scrape(url)
         slots_free = after["moe_jax_slots_active"] == 0
+        official = openai_client_answers(url, prompts[:args.openai_prompts], args.max_tokens)
     finally:
         server.terminate()
         server.wait(60)
@@ -157,6 +175,8 @@ def main():
     served = {r[0]: r[1] for r in many if r[1] is not None}
     mismatches = [p for p in prompts if served.get(p) != sampled.get(p)]
     alone_tps, many_tps = tokens(alone) / alone_s, tokens(many) / many_s
+    checked = prompts[:args.openai_prompts]
+    expected = [sampled.get(p) for p in checked]
     print(json.dumps({
         "clients": args.clients, "requests_per_client": args.requests,
         "max_batch": args.max_batch, "context": args.context, "max_tokens": args.max_tokens,
@@ -170,8 +190,13 @@ def main():
         "equal_to_sample": not mismatches, "mismatches": len(mismatches),
         "held_out_exact_match": round(sum(verify(answers[p], served.get(p, "")) for p in prompts)
                                       / total, 3),
+        "openai_client_prompts": len(checked),
+        "openai_client_equal_to_sample": official["whole"] == expected == official["streamed"],
+        "openai_client_exact_match": round(
+            sum(verify(answers[p], t) for p, t in zip(checked, official["streamed"])) / len(checked), 3),
     }))
-    return 0 if not failed and not mismatches else 1
+    ok = official["whole"] == expected == official["streamed"]
+    return 0 if not failed and not mismatches and ok else 1
 
 
 if __name__ == "__main__":
