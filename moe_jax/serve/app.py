@@ -70,10 +70,9 @@ class _Choices:
             ticket.cancel()
 
     def usage(self) -> dict:
-        prompts = {}
-        for request, text in zip(self.completion.requests, self.completion.prompts):
-            prompts.setdefault((text, request.prompt), len(request.prompt))
-        return usage_of(list(prompts.values()), [d.completion_tokens for d in self.done.values()])
+        prompts = self.completion.requests[::self.completion.n]  # each prompt once, not per choice
+        return usage_of([len(r.prompt) for r in prompts],
+                        [d.completion_tokens for d in self.done.values()])
 
     def outcome(self) -> str:
         reasons = {d.finish_reason for d in self.done.values()}

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import sys
 
+from moe_jax.serve.loading import add_model_arguments
+
 
 def _serve(args) -> int:
     from moe_jax.serve.runner import bind, build_server, uvicorn_server
@@ -46,11 +48,7 @@ def _serve(args) -> int:
 
 def add_serve_command(subparsers) -> None:
     s = subparsers.add_parser("serve", help="serve a checkpoint over an OpenAI-compatible HTTP API")
-    s.add_argument("--checkpoint", required=True,
-                   help="workdir, checkpoints dir, step dir, state dir, convert or quantize output")
-    s.add_argument("--config", help="config file, optionally path.py:variant (a workdir needs it)")
-    s.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field (repeatable)")
+    add_model_arguments(s)
     s.add_argument("--quantized", action="store_true", help="serve the weights rounded through int8")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -58,6 +56,5 @@ def add_serve_command(subparsers) -> None:
     s.add_argument("--context", type=int, help="tokens per slot (default: model.max_seq_len)")
     s.add_argument("--model-name", help="the model id clients name (default: the checkpoint's "
                                         "directory name)")
-    s.add_argument("--tokenizer", help="'char' or a tokenizer.json path (default: the config's)")
     s.add_argument("--log-level", default="warning", help="uvicorn's log level")
     s.set_defaults(func=_serve)

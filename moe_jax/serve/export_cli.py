@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import sys
 
+from moe_jax.serve.loading import add_model_arguments
+
 
 def _export(args) -> int:
     from moe_jax.data.tokenizer import get_tokenizer
@@ -43,11 +45,7 @@ def _export(args) -> int:
 
 def add_export_command(subparsers) -> None:
     s = subparsers.add_parser("export", help="export a checkpoint to StableHLO + weights + manifest")
-    s.add_argument("--checkpoint", required=True,
-                   help="workdir, checkpoints dir, step dir, state dir, convert or quantize output")
-    s.add_argument("--config", help="config file, optionally path.py:variant (a workdir needs it)")
-    s.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field (repeatable)")
+    add_model_arguments(s)
     s.add_argument("--out", required=True, help="the artefact directory")
     s.add_argument("--quantized", action="store_true",
                    help="int8 weights (group 128), dequantised inside the exported functions")
@@ -55,5 +53,4 @@ def add_export_command(subparsers) -> None:
     s.add_argument("--batch", type=int, help="fixed batch size (default: symbolic)")
     s.add_argument("--prompt-len", type=int, help="fixed prompt length, with --batch")
     s.add_argument("--platforms", default="cpu", help="comma-separated: cpu, cuda, tpu")
-    s.add_argument("--tokenizer", help="'char' or a tokenizer.json path (default: the config's)")
     s.set_defaults(func=_export)

@@ -7,6 +7,18 @@ import os
 from typing import NamedTuple
 
 
+def add_model_arguments(parser) -> None:
+    """The arguments `load_model` takes, for the commands that load a saved model."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="workdir, checkpoints dir, step dir, state dir, convert or quantize output")
+    parser.add_argument("--config",
+                        help="config file, optionally path.py:variant (a workdir needs it)")
+    parser.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field (repeatable)")
+    parser.add_argument("--tokenizer",
+                        help="'char' or a tokenizer.json path (default: the config's)")
+
+
 class LoadedModel(NamedTuple):
     model_config: object  # ml_collections.ConfigDict, `config.model`
     params: dict  # float, as the model's modules expect

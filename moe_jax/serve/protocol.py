@@ -44,6 +44,7 @@ class Completion:
 
     requests: list[Request]
     prompts: list[str]  # the prompt text of each request
+    n: int  # choices per prompt
     stream: bool
     include_usage: bool
     logprobs: bool
@@ -170,7 +171,7 @@ def parse_completion(body, model_name: str, tokenizer, check) -> Completion:
                 raise RequestError(field if field in known else None, str(e)) from None
             requests.append(request)
             texts.append(text)
-    return Completion(requests, texts, stream, options.get("include_usage", False),
+    return Completion(requests, texts, n, stream, options.get("include_usage", False),
                       logprobs is not None)
 
 

@@ -56,16 +56,21 @@ def test_openai_client_gets_what_moe_jax_sample_prints(server, sampled):
     for choice, p in zip(whole.choices, PROMPTS):
         assert choice.finish_reason == ("length" if sampled[p]["tokens"] == MAX_TOKENS else "stop")
 
-    stream = client.completions.create(model="micro", prompt=PROMPTS[1], max_tokens=MAX_TOKENS,
-                                       temperature=0, stream=True, logprobs=2)
+    stream = client.completions.create(model="micro", prompt=list(PROMPTS), max_tokens=MAX_TOKENS,
+                                       temperature=0, stream=True, logprobs=2,
+                                       stream_options={"include_usage": True})
     chunks = list(stream)
-    assert len(chunks) > 3  # streamed, not sent at the end
-    assert "".join(c.choices[0].text for c in chunks) == sampled[PROMPTS[1]]["completion"]
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
-    tokens = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
-    assert "".join(tokens) == sampled[PROMPTS[1]]["completion"]
-    tops = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.top_logprobs]
-    assert len(tops) == len(tokens) and all(len(t) == 2 for t in tops)
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    events = [c.choices[0] for c in chunks if c.choices]
+    assert len(events) > MAX_TOKENS  # streamed as drawn, not sent at the end
+    for index, p in enumerate(PROMPTS):
+        mine = [e for e in events if e.index == index]
+        assert "".join(e.text for e in mine) == sampled[p]["completion"]
+        assert mine[-1].finish_reason == whole.choices[index].finish_reason
+        tokens = [t for e in mine if e.logprobs for t in e.logprobs.tokens]
+        assert "".join(tokens) == sampled[p]["completion"]
+        tops = [t for e in mine if e.logprobs for t in e.logprobs.top_logprobs]
+        assert len(tops) == len(tokens) and all(len(t) == 2 for t in tops)
 
     # Sampling: choice i of a seeded request is the seed + i request alone.
     kw = dict(model="micro", prompt=PROMPTS[0], max_tokens=12, temperature=1.0)
