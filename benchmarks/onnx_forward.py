@@ -82,7 +82,7 @@ def convert(fn, tokens):
         session = ort.InferenceSession(proto.SerializeToString())
         feed = {session.get_inputs()[0].name: tokens}
         got = session.run(None, feed)[0]
-    except Exception as e:  # noqa: BLE001 - the failure is the finding
+    except Exception as e:  # the failure is the finding
         ours = [f for f in traceback.extract_tb(e.__traceback__) if "/moe_jax/" in f.filename]
         where = f"{ours[-1].filename.split('/moe_jax/')[-1]}:{ours[-1].lineno}" if ours else None
         return {"status": "failed", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",

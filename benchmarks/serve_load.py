@@ -85,7 +85,7 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
 
 def scrape(url) -> dict:
     text = httpx.get(url + "/metrics").text
-    return {name: float(value) for name, value in re.findall(r"^(\S+) (\S+)$", text, re.M)}
+    return {name: float(value) for name, value in re.findall(r"^(\S+) (\S+)$", text, re.MULTILINE)}
 
 
 def run_clients(url, prompts_per_client, max_tokens) -> tuple[float, list]:
@@ -168,7 +168,9 @@ def main():
         server.wait(60)
 
     failed = [r for r in alone + many if r[1] is None]
-    tokens = lambda rows: sum(r[2] for r in rows if r[1] is not None)  # noqa: E731
+    def tokens(rows):
+        return sum(r[2] for r in rows if r[1] is not None)
+
     steps = after["moe_jax_decode_steps_total"] - before["moe_jax_decode_steps_total"]
     busy = after["moe_jax_busy_slot_steps_total"] - before["moe_jax_busy_slot_steps_total"]
     sampled = sample_answers(args, prompts)

@@ -36,6 +36,7 @@ from moe_jax.infer.generate import inference_config
 from moe_jax.infer.slots import TOP_LOGPROBS, SlotSampling, decode_slots, init_slots, prefill_slot
 
 MIN_BUCKET = 16
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +88,8 @@ class Ticket:
         stopping the engine."""
         try:
             self.sink(event)
-        except Exception:  # noqa: BLE001 - the sink is the caller's code
-            logging.exception("moe_jax engine: a request's sink failed; cancelling it")
+        except Exception:  # the sink is the caller's code: its failure is that request's
+            _log.exception("moe_jax engine: a request's sink failed; cancelling it")
             self.cancelled = True
 
 
@@ -251,7 +252,7 @@ class Engine:
                 "num_slots": self.num_slots, "tokens_per_second": recent / window,
                 **self.counters}
 
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         self._thread = threading.Thread(target=self._loop, name="moe-jax-engine", daemon=True)
         self._thread.start()
         return self
@@ -288,8 +289,8 @@ class Engine:
                 active = np.array([r is not None for r in self._running])
                 if active.any():
                     self._step(active)
-            except Exception:  # noqa: BLE001 - fail the requests in flight, keep serving
-                logging.exception("moe_jax engine: a step failed; ending the requests in slots")
+            except Exception:  # fail the requests in flight, keep serving the next ones
+                _log.exception("moe_jax engine: a step failed; ending the requests in slots")
                 for slot, running in enumerate(self._running):
                     if running is not None:
                         self._running[slot] = None
@@ -334,8 +335,8 @@ class Engine:
         token = int(draw[0][row])
         try:
             running.add(token, draw[1][row], draw[2][row], draw[3][row])
-        except Exception:  # noqa: BLE001 - e.g. the tokenizer: end this request only
-            logging.exception("moe_jax engine: processing a token failed")
+        except Exception:  # e.g. the tokenizer: end this request only
+            _log.exception("moe_jax engine: processing a token failed")
             running.finish_reason = "error"
         self.counters["tokens_generated"] += 1
         self._next[slot] = token

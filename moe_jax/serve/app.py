@@ -46,8 +46,11 @@ class _Choices:
         self.done: dict[int, Done] = {}
         self.tickets = []
         for i, request in enumerate(completion.requests):
-            sink = lambda event, i=i: loop.call_soon_threadsafe(self.events.put_nowait, (i, event))  # noqa: E731
-            self.tickets.append(engine.submit(request, sink))
+            self.tickets.append(engine.submit(request, self._sink(loop, i)))
+
+    def _sink(self, loop, i):
+        # Called on the engine thread: hand the event to the event loop.
+        return lambda event: loop.call_soon_threadsafe(self.events.put_nowait, (i, event))
 
     @property
     def finished(self) -> bool:
@@ -83,7 +86,7 @@ class _EventStream:
     """An ASGI response streaming a completion as server-sent events, which cancels the
     completion's requests when the client disconnects."""
 
-    def __init__(self, server: "_Server", choices: _Choices, started: float):
+    def __init__(self, server: _Server, choices: _Choices, started: float):
         self.server, self.choices, self.started = server, choices, started
 
     async def __call__(self, scope, receive, send):

@@ -41,7 +41,7 @@ def sampled(checkpoint):
 
 def metrics(url) -> dict:
     text = httpx.get(url + "/metrics").text
-    return {name: float(value) for name, value in re.findall(r"^(\S+) (\S+)$", text, re.M)}
+    return {name: float(value) for name, value in re.findall(r"^(\S+) (\S+)$", text, re.MULTILINE)}
 
 
 def test_openai_client_gets_what_moe_jax_sample_prints(server, sampled):
