@@ -61,7 +61,7 @@ def _timed(fn):
 
 def tiny_decode_figures(args):
     m = inference_config(load_config("configs/tiny.py").model)
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     variables = nn.unbox(model.init(jax.random.PRNGKey(args.seed), jnp.zeros((1, 8), jnp.int32)))
     params, bias = variables["params"], variables["router_bias"]
     prompts = jax.random.randint(jax.random.PRNGKey(args.seed + 1), (args.batch, args.prompt_len),

@@ -42,7 +42,8 @@ BATCH, LENGTH = 2, 16
 
 def model_fns(m, params, router_bias):
     def train_forward(tokens):
-        return Transformer(m).apply({"params": params, "router_bias": router_bias}, tokens)[0]
+        return Transformer.from_config(m).apply({"params": params, "router_bias": router_bias},
+                                                tokens)[0]
 
     def prefill(tokens):
         b, t = tokens.shape
@@ -98,8 +99,8 @@ def convert(fn, tokens):
 def main():
     base = load_config("configs/tiny.py").model
     base.mtp_depth = 0
-    variables = nn.unbox(jax.jit(Transformer(base).init)(jax.random.PRNGKey(0),
-                                                          jnp.zeros((1, 4), jnp.int32)))
+    variables = nn.unbox(jax.jit(Transformer.from_config(base).init)(jax.random.PRNGKey(0),
+                                                                      jnp.zeros((1, 4), jnp.int32)))
     params, router_bias = variables["params"], variables["router_bias"]
     tokens = np.asarray(jax.random.randint(jax.random.PRNGKey(1), (BATCH, LENGTH), 3, 99), np.int32)
     results = {}

@@ -31,6 +31,7 @@ from moe_jax.models.transformer import Transformer
 from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
+from moe_jax.train.losses import LossWeights
 
 GOAL_MFU = 0.40
 
@@ -91,10 +92,10 @@ def matmul_rate(rounds=1):
 def main():
     a = parse_args()
     m = model_config(a)
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     optimizer = make_optimizer(default_optimizer_config())
     state = create_train_state(model, optimizer, jax.random.PRNGKey(0), a.seq_len)
-    step = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
+    step = jax.jit(make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate), donate_argnums=0)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, m.vocab_size, (a.batch, a.seq_len + 1)).astype(np.int32)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],

@@ -48,6 +48,7 @@ from moe_jax.moe.router import BIAS_COLLECTION
 from moe_jax.train.checkpoint import restore_trained_state
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
+from moe_jax.train.losses import LossWeights
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -104,7 +105,7 @@ def sweep():
 
 
 def _teacher(c, workdir, tokenizer, train_source, helpers, log):
-    model = Transformer(c.model)
+    model = Transformer.from_config(c.model)
     loaded = None
     if c.distill.teacher_workdir:
         state = restore_trained_state(c.distill.teacher_workdir, model, log)
@@ -125,7 +126,7 @@ def _teacher(c, workdir, tokenizer, train_source, helpers, log):
     opt = helpers._optimizer(c, c.optimizer.learning_rate, c.distill.teacher_steps,
                              c.optimizer.warmup_steps, c.optimizer.weight_decay)
     state = create_train_state(model, opt, jax.random.PRNGKey(c.train.seed), c.data.seq_len)
-    step = jax.jit(make_train_step(model, opt), donate_argnums=0)
+    step = jax.jit(make_train_step(model, opt, LossWeights.from_config(c.model), c.model.bias_update_rate), donate_argnums=0)
     state, _, seconds = helpers._train(step, state, helpers._batches(c, train_source, tokenizer, 0),
                                        c.distill.teacher_steps, "teacher", log)
     params, bias = jax.device_get(state.params), jax.device_get(state.router_bias)
@@ -149,7 +150,7 @@ def run(c, workdir, log=print) -> dict:
     teacher_acc, count = helpers._accuracy(c, t_params, t_bias, test_source, tokenizer)
     log(f"teacher: {teacher_acc:.1%} held-out exact match")
 
-    student = Transformer(c.student_model)
+    student = Transformer.from_config(c.student_model)
     student_c = c.copy_and_resolve_references()
     student_c.model = c.student_model
     results = {}
@@ -159,10 +160,13 @@ def run(c, workdir, log=print) -> dict:
         # The same initialisation and the same batches for both students.
         state = create_train_state(student, opt, jax.random.PRNGKey(c.train.seed + 7), c.data.seq_len)
         if mode == "scratch":
-            step = jax.jit(make_train_step(student, opt), donate_argnums=0)
+            step = jax.jit(make_train_step(student, opt, LossWeights.from_config(c.student_model),
+                                                  c.student_model.bias_update_rate), donate_argnums=0)
         else:
             tau = temperature_schedule(d.schedule, d.tau_start, d.tau_end, d.student_steps)
-            distill_step = jax.jit(make_distill_train_step(student, teacher, opt, tau, d.alpha),
+            distill_step = jax.jit(make_distill_train_step(
+                student, teacher, opt, tau, d.alpha, LossWeights.from_config(c.student_model),
+                c.student_model.bias_update_rate),
                                    donate_argnums=0)
             teacher_vars = {"params": t_params, BIAS_COLLECTION: t_bias}
             step = lambda s, b, r: distill_step(s, teacher_vars, b, r)  # noqa: E731

@@ -21,9 +21,10 @@ from moe_jax.config import load_config
 from moe_jax.data.pipeline import train_dataset
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.transformer import Transformer
-from moe_jax.train.checkpoint import restore_trained_state
+from moe_jax.train.loader import load_model
 from moe_jax.train.loop import load_data
 from moe_jax.train.step import forward_with_loss
+from moe_jax.train.losses import LossWeights
 
 
 def main():
@@ -36,15 +37,14 @@ def main():
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args()
     config = load_config(a.config, a.override)
-    model = Transformer(config.model)
-    state = restore_trained_state(a.workdir, model)
-    if state is None:
-        raise SystemExit(f"no readable checkpoint in {a.workdir}")
+    model = Transformer.from_config(config.model)
+    state = load_model(a.workdir, config.model)
     _, test_source = load_data(config, a.workdir)
     batches = iter(train_dataset(test_source, get_tokenizer(config.data.tokenizer),
                                  global_batch_size=a.batch_size, seq_len=config.data.seq_len,
                                  seed=a.seed, num_epochs=1))
-    ce = jax.jit(lambda params, bias, batch: forward_with_loss(model, params, bias, batch)[1][0]["ce_loss"])
+    weights = LossWeights.from_config(config.model)
+    ce = jax.jit(lambda params, bias, batch: forward_with_loss(model, params, bias, batch, weights)[1][0]["ce_loss"])
     losses = [float(ce(state.params, state.router_bias, next(batches))) for _ in range(a.batches)]
     print(json.dumps({"workdir": a.workdir, "step": int(state.step),
                       "heldout_ce": round(float(np.mean(losses)), 5), "batches": a.batches}))

@@ -43,6 +43,7 @@ from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.checkpoint import Checkpointer, restore_trained_state
 from moe_jax.train.state import create_train_state, init_variables
 from moe_jax.train.step import make_train_step
+from moe_jax.train.losses import LossWeights
 
 PRETRAIN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_arith.py")
 
@@ -169,7 +170,7 @@ def run(c, workdir, log=print) -> dict:
     os.makedirs(workdir, exist_ok=True)
     t0 = time.time()
     tokenizer = get_tokenizer(c.data.tokenizer)
-    model = Transformer(c.model)
+    model = Transformer.from_config(c.model)
     pre_train, pre_test = _data(c, c.data.difficulty, workdir)
     shift_train, shift_test = _data(c, c.data.shifted_difficulty, workdir)
 
@@ -184,7 +185,7 @@ def run(c, workdir, log=print) -> dict:
         opt = _optimizer(c, c.optimizer.learning_rate, c.train.steps, c.optimizer.warmup_steps,
                          c.optimizer.weight_decay)
         state = create_train_state(model, opt, jax.random.PRNGKey(c.train.seed), c.data.seq_len)
-        step = jax.jit(make_train_step(model, opt), donate_argnums=0)
+        step = jax.jit(make_train_step(model, opt, LossWeights.from_config(c.model), c.model.bias_update_rate), donate_argnums=0)
         state, _, pre_seconds = _train(step, state, _batches(c, pre_train, tokenizer, 0), c.train.steps,
                                        "pretrain", log)
     base, router_bias = jax.device_get(state.params), jax.device_get(state.router_bias)
@@ -200,7 +201,7 @@ def run(c, workdir, log=print) -> dict:
     full = create_train_state(model, opt, jax.random.PRNGKey(0), c.data.seq_len)
     full = full.replace(params=base, opt_state=opt.init(base), router_bias=router_bias)
     full_opt_bytes = tree_bytes(full.opt_state)
-    step = jax.jit(make_train_step(model, opt, bias_update_rate=0.0), donate_argnums=0)
+    step = jax.jit(make_train_step(model, opt, LossWeights.from_config(c.model), 0.0), donate_argnums=0)
     full, full_loss, full_seconds = _train(step, full, _batches(c, shift_train, tokenizer, 1),
                                            f.steps, "full fine-tune", log)
     full_acc, _ = _accuracy(c, full.params, full.router_bias, shift_test, tokenizer)
@@ -211,7 +212,7 @@ def run(c, workdir, log=print) -> dict:
     opt = _optimizer(c, f.lora_learning_rate, f.steps, f.warmup_steps, 0.0)
     lora = create_lora_state(adapters, opt, router_bias)
     report = trainable_report(frozen, adapters, lora.opt_state)
-    lora_step = jax.jit(make_lora_train_step(model, opt, c.lora), donate_argnums=0)
+    lora_step = jax.jit(make_lora_train_step(model, opt, c.lora, LossWeights.from_config(c.model)), donate_argnums=0)
     lora, lora_loss, lora_seconds = _train(lambda s, b, r: lora_step(s, frozen, b, r), lora,
                                            _batches(c, shift_train, tokenizer, 1), f.steps,
                                            "LoRA fine-tune", log)

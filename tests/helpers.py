@@ -68,6 +68,6 @@ def tiny_char_model(seed=0):
              qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, num_experts=4, expert_ffn=16,
              top_k=2, n_group=1, topk_group=1, mtp_depth=0, dispatch="dropless",
              vocab_size=CharTokenizer().vocab_size)
-    variables = nn.unbox(jax.jit(Transformer(m).init)(jax.random.PRNGKey(seed),
-                                                      jnp.zeros((1, 4), jnp.int32)))
+    variables = nn.unbox(jax.jit(Transformer.from_config(m).init)(jax.random.PRNGKey(seed),
+                                                                  jnp.zeros((1, 4), jnp.int32)))
     return m, variables["params"], variables.get("router_bias", {})

@@ -60,9 +60,8 @@ def main(argv):
     from moe_jax.config import load_config
     from moe_jax.data.tasks import get_task
     from moe_jax.data.tokenizer import get_tokenizer
-    from moe_jax.models.transformer import Transformer
-    from moe_jax.train.checkpoint import restore_trained_state
     from moe_jax.train.evaluate import exact_match
+    from moe_jax.train.loader import load_model
     from moe_jax.train.loop import load_data
 
     if not 1 <= len(argv) <= 3:
@@ -70,19 +69,17 @@ def main(argv):
     workdir = argv[0]
     config = load_config(argv[1] if len(argv) > 1 else "experiments/grpo_reasoning.py:slip")
     n = int(argv[2]) if len(argv) > 2 else config.eval.final_num_examples
-    state = restore_trained_state(workdir, Transformer(config.model))
-    if state is None:
-        raise SystemExit(f"no readable checkpoint in {workdir}")
+    loaded = load_model(workdir, config.model)
     tokenizer = get_tokenizer(config.data.tokenizer)
     _, test = load_data(config, workdir)
     task = get_task(config.data.task)
     answers = {e.prompt: e.answer for e in (task.from_record(test[i]) for i in range(len(test)))}
-    _, count, shown = exact_match(config.model, state.params, state.router_bias, test, tokenizer,
+    _, count, shown = exact_match(config.model, loaded.params, loaded.router_bias, test, tokenizer,
                                   task=config.data.task, num_examples=n,
                                   batch_size=config.eval.batch_size,
                                   max_new_tokens=config.eval.max_new_tokens, show=n)
     counts = slip_counts((p, answers[p], r) for p, r, _ in shown)
-    print(f"{workdir} (step {int(state.step)}), {count} held-out problems: "
+    print(f"{workdir} (step {loaded.step}), {count} held-out problems: "
           + ", ".join(f"{k} {v} ({v / count:.1%})" for k, v in counts.items()))
     return counts
 

@@ -14,7 +14,7 @@ import optax
 
 from moe_jax.distill.losses import distillation_loss
 from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION, update_router_biases
-from moe_jax.train.losses import model_loss
+from moe_jax.train.losses import LossWeights, model_loss
 from moe_jax.train.state import TrainState
 
 
@@ -25,18 +25,18 @@ def teacher_logits(teacher, teacher_variables, batch):
 
 
 def make_distill_train_step(student, teacher, optimizer: optax.GradientTransformation,
-                            tau_schedule, alpha: float, bias_update_rate=None):
-    """tau_schedule(step) -> temperature; alpha in [0, 1] weighs the KL term."""
+                            tau_schedule, alpha: float, weights: LossWeights, bias_update_rate: float):
+    """tau_schedule(step) -> temperature; alpha in [0, 1] weighs the KL term; `weights` the
+    student's MTP and routing terms; the student's router biases move by bias_update_rate."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"distill.alpha = {alpha!r}: expected a number in [0, 1]")
-    m = student.config
-    rate = m.bias_update_rate if bias_update_rate is None else bias_update_rate
+    rate = bias_update_rate
 
     def loss_fn(params, router_bias, batch, targets_logits, tau):
         (logits, extras), mutated = student.apply(
             {"params": params, BIAS_COLLECTION: router_bias}, batch["inputs"], batch["positions"],
             batch["segment_ids"], mutable=[LOAD_COLLECTION])
-        usual, metrics = model_loss(logits, extras, batch, m)
+        usual, metrics = model_loss(logits, extras, batch, weights)
         blend, distill_metrics = distillation_loss(
             logits, targets_logits, batch["targets"], batch["loss_mask"], tau=tau, alpha=alpha)
         loss = blend + (usual - metrics["ce_loss"])  # swap plain CE for the blend

@@ -19,11 +19,12 @@ from moe_jax.models.transformer import Transformer
 from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.state import TrainState, init_variables
 from moe_jax.train.step import make_train_step
+from moe_jax.train.losses import LossWeights
 
 
 def init_params(model_config, seed: int, seq_len: int):
     """Fresh (params, router_bias) for a model trained from scratch."""
-    params, router_bias, _ = init_variables(Transformer(model_config), jax.random.PRNGKey(seed),
+    params, router_bias, _ = init_variables(Transformer.from_config(model_config), jax.random.PRNGKey(seed),
                                             seq_len)
     return params, router_bias
 
@@ -43,7 +44,7 @@ def finetune(model_config, params, router_bias, records, tokenizer, *, steps: in
     if opt_config.total_steps <= 0:
         opt_config.total_steps = steps
     optimizer = make_optimizer(opt_config)
-    model = Transformer(model_config)
+    model = Transformer.from_config(model_config)
     # Copies: the step donates its state, and callers keep the weights they passed in.
     params = jax.tree.map(jax.numpy.array, params)
     router_bias = jax.tree.map(jax.numpy.array, router_bias)
@@ -53,7 +54,8 @@ def finetune(model_config, params, router_bias, records, tokenizer, *, steps: in
     batches = iter(train_dataset(records, tokenizer, global_batch_size=batch_size,
                                  seq_len=seq_len, seed=seed,
                                  read_options=grain.ReadOptions(num_threads=0)))
-    step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(model, optimizer, LossWeights.from_config(model_config),
+                                      model_config.bias_update_rate), donate_argnums=0)
     losses = []
     for step in range(steps):
         state, metrics = step_fn(state, next(batches), None)

@@ -47,9 +47,10 @@ from moe_jax.grm.reward import GRM_SPEC_FILE
 from moe_jax.grm.sampling import sample_texts
 from moe_jax.grm.spct import grpo_phase, meta_sampling, rejective_sampling, with_unique_best
 from moe_jax.grm.teacher import CRITIQUES
-from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted, load_start, save_converted
+from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, save_converted
 from moe_jax.models.config import ConfigError
 from moe_jax.rl.grpo import GRPOConfig
+from moe_jax.train.loader import load_model
 
 RESULTS_FILE = "results.json"
 
@@ -119,8 +120,8 @@ def _save(directory, params, router_bias, model_config, spec):
 
 
 def _load(directory):
-    params, router_bias, _, _ = load_converted(directory)
-    return params, router_bias
+    loaded = load_model(directory)
+    return loaded.params, loaded.router_bias
 
 
 def _phase(workdir, name, log, build):
@@ -149,7 +150,8 @@ def _starting_point(config, log):
     or a fresh init of config.model."""
     g = config.grm
     if g.init_from:
-        return load_start(g.init_from, config.model, log)
+        loaded = load_model(g.init_from, config.model, log=log)
+        return loaded.model_config, loaded.params, loaded.router_bias
     params, router_bias = init_params(config.model, config.train.seed, g.seq_len)
     return config.model, params, router_bias
 

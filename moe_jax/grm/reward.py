@@ -21,7 +21,8 @@ import numpy as np
 from moe_jax.data.tasks import get_task
 from moe_jax.grm.format import MAX_SCORE, MIN_SCORE
 from moe_jax.grm.judge import judge_candidates
-from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted
+from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE
+from moe_jax.train.loader import load_model
 
 GRM_SPEC_FILE = "grm_spec.json"  # generation settings saved next to the GRM's weights
 
@@ -60,10 +61,10 @@ def load_grm(directory: str):
     for candidate in (os.path.join(directory, "models", "rl"), os.path.join(directory, "models", "rft"),
                       directory):
         if os.path.exists(os.path.join(candidate, MODEL_CONFIG_FILE)):
-            params, router_bias, model_config, _ = load_converted(candidate)
+            loaded = load_model(candidate)
             spec_path = os.path.join(candidate, GRM_SPEC_FILE)
             spec = json.load(open(spec_path)) if os.path.exists(spec_path) else {}
-            return params, router_bias, model_config, spec
+            return loaded.params, loaded.router_bias, loaded.model_config, spec
     raise FileNotFoundError(f"rl.grm_from={directory!r}: expected a GRM workdir (models/rl or "
                             f"models/rft inside) or a saved model directory with {MODEL_CONFIG_FILE}")
 

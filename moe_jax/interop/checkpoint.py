@@ -1,6 +1,8 @@
-"""The checkpoint directory `moe-jax convert --from-hf` writes and `--from-ckpt` reads.
+"""A model directory: a model config and its weights, nothing of a training run.
 
-On-disk layout (stable; the training loop loads it to start from imported weights):
+`moe-jax convert --from-hf` writes one and `--from-ckpt` reads one; the GRM pipeline
+saves each phase as one, distillation its teacher, LoRA its base. Readers use the one
+loader, moe_jax.train.loader.load_model. On-disk layout (stable):
 
     CKPT_DIR/
       model_config.json   our `config.model` as JSON (ConfigDict.to_dict()); rebuild it
@@ -9,7 +11,7 @@ On-disk layout (stable; the training loop loads it to start from imported weight
                           so that exporting again reproduces the original checkpoint
       state/              orbax StandardCheckpointer of the dict
                           {"params": <params collection>, "router_bias": <router_bias collection>}
-                          with exactly the structure `Transformer(model_config).init` gives
+                          with exactly the structure `Transformer.from_config(model_config).init` gives
                           (scanned stacks, stacked experts, float arrays)
 
     params, router_bias, model_config, hf_config = load_converted(CKPT_DIR)
@@ -22,16 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from moe_jax.interop.hf_export import commit_directory, staging_directory
-from moe_jax.models.transformer import Transformer
-from moe_jax.train.checkpoint import restore_trained_state
+from moe_jax.interop.staging import staged_directory
 
 MODEL_CONFIG_FILE = "model_config.json"
 HF_CONFIG_FILE = "hf_config.json"
@@ -41,10 +40,7 @@ STATE_DIR = "state"
 def save_converted(directory: str, params, router_bias, model_config, hf_config: dict | None = None,
                    overwrite: bool = False) -> str:
     """Write the layout above; refuses a non-empty `directory` unless overwrite."""
-    if os.path.exists(directory) and os.listdir(directory) and not overwrite:
-        raise FileExistsError(f"{directory} exists and is not empty (overwrite=True or --overwrite replaces it)")
-    tmp = staging_directory(directory)
-    try:
+    with staged_directory(directory, overwrite) as tmp:
         with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
             json.dump(model_config.to_dict(), f, indent=2, sort_keys=True)
         if hf_config is not None:
@@ -53,10 +49,6 @@ def save_converted(directory: str, params, router_bias, model_config, hf_config:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(tmp, STATE_DIR),
                               {"params": params, "router_bias": router_bias or {}})
-        commit_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -88,23 +80,3 @@ def load_converted(directory: str, shardings=None):
             state = checkpointer.restore(state_path, target)
     state = jax.tree.map(lambda x: np.asarray(x) if shardings is None else x, state)
     return state["params"], state.get("router_bias", {}), model_config, hf_config
-
-
-def load_start(directory: str, model_config, log=print):
-    """-> (model_config, params, router_bias) to start training from `directory`.
-
-    Either a directory this module writes (an imported Hugging Face model: it brings its
-    own model config, of which the caller's dtype and remat settings are kept), or a
-    training workdir, whose newest good checkpoint is read with `model_config`'s shapes.
-    """
-    if os.path.exists(os.path.join(directory, MODEL_CONFIG_FILE)):
-        params, router_bias, converted, _ = load_converted(directory)
-        for name in ("dtype", "param_dtype", "remat_policy"):
-            if name in model_config:
-                converted[name] = model_config[name]
-        return converted, params, router_bias
-    state = restore_trained_state(directory, Transformer(model_config), log)
-    if state is None:
-        raise FileNotFoundError(f"{directory}: neither a converted checkpoint ({MODEL_CONFIG_FILE}) "
-                                f"nor a training workdir with a readable checkpoint")
-    return model_config, state.params, state.router_bias

@@ -4,7 +4,7 @@
 
     imported = hf.import_hf("DeepSeek-V2-Lite/", param_dtype="bfloat16")
     variables = {"params": imported.params, "router_bias": imported.router_bias}
-    logits, _ = Transformer(imported.model_config).apply(variables, tokens)
+    logits, _ = Transformer.from_config(imported.model_config).apply(variables, tokens)
 
     hf.export_hf("out/", imported.params, imported.router_bias, imported.model_config,
                  hf_config=imported.hf_config, dtype="bfloat16")

@@ -34,7 +34,12 @@ from dataclasses import dataclass, field
 
 import ml_collections
 
+from moe_jax.layers.fp8 import BLOCK
 from moe_jax.models.config import ConfigError, base_model_config, validate_model_config
+
+# The quantization_config of DeepSeek-V3's block-scaled FP8 checkpoints.
+QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                       "weight_block_size": [BLOCK, BLOCK]}
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +331,6 @@ def hf_config_from_model(m, base: dict | None = None, torch_dtype: str = "bfloat
     dtype_key = "dtype" if "dtype" in base else "torch_dtype"  # transformers >= 5 writes "dtype"
     cfg[dtype_key] = torch_dtype
     if quantized:
-        from moe_jax.interop.fp8 import QUANTIZATION_CONFIG
         cfg["quantization_config"] = dict(QUANTIZATION_CONFIG)
     else:
         cfg.pop("quantization_config", None)

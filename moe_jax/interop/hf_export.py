@@ -20,18 +20,17 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from moe_jax.interop import fp8 as fp8_lib
+from moe_jax.layers import fp8 as fp8_lib
 from moe_jax.interop.hf_config import hf_config_from_model
 from moe_jax.interop.hf_import import CONFIG_FILE, CheckpointMismatchError
-from moe_jax.interop.hf_names import PARAMS, Slot, checkpoint_slots, leaf_shapes
+from moe_jax.interop.hf_names import PARAMS, SCALE_SUFFIX, Slot, checkpoint_slots, leaf_shapes
 from moe_jax.interop.safetensors_io import PlannedTensor, parse_size, write_checkpoint_tensors
+from moe_jax.interop.staging import refuse_nonempty, staged_directory
 from moe_jax.moe.router import BIAS_COLLECTION
 
 TORCH_DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -68,30 +67,6 @@ def _check_variables(slots: list[Slot], variables: dict, m):
     return present
 
 
-def _prepare_target(directory: str, overwrite: bool):
-    if os.path.exists(directory) and os.listdir(directory) and not overwrite:
-        raise FileExistsError(f"{directory} exists and is not empty (overwrite=True or --overwrite replaces it)")
-
-
-def commit_directory(tmp: str, directory: str):
-    """Move a fully written temporary directory to `directory`, replacing what was there."""
-    old = None
-    if os.path.exists(directory):
-        old = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(directory)),
-                               prefix=os.path.basename(os.path.normpath(directory)) + ".old-")
-        os.rmdir(old)
-        os.rename(directory, old)
-    os.rename(tmp, directory)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def staging_directory(directory: str) -> str:
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(dir=parent, prefix=os.path.basename(os.path.normpath(directory)) + ".tmp-")
-
-
 def planned_tensors(slots: list[Slot], host_leaf, dtype: np.dtype, quantize: bool):
     """PlannedTensors for every slot, FP8 weights followed by their `_scale_inv`."""
     planned, pending_scales = [], {}
@@ -104,7 +79,7 @@ def planned_tensors(slots: list[Slot], host_leaf, dtype: np.dtype, quantize: boo
         return slot.to_hf(host_leaf(slot)[slot.index])
 
     def produce_fp8(slot: Slot):
-        q, scale = fp8_lib.quantize(np.asarray(produce(slot), np.float32))
+        q, scale = fp8_lib.quantize_weight(np.asarray(produce(slot), np.float32))
         pending_scales[slot.hf_name] = scale
         return q
 
@@ -112,7 +87,7 @@ def planned_tensors(slots: list[Slot], host_leaf, dtype: np.dtype, quantize: boo
         if quantize and slot.linear:
             planned.append(PlannedTensor(slot.hf_name, fp8_lib.FP8_DTYPE, slot.hf_shape,
                                          functools.partial(produce_fp8, slot)))
-            planned.append(PlannedTensor(slot.hf_name + fp8_lib.SCALE_SUFFIX, np.dtype(np.float32),
+            planned.append(PlannedTensor(slot.hf_name + SCALE_SUFFIX, np.dtype(np.float32),
                                          fp8_lib.scale_shape(slot.hf_shape),
                                          functools.partial(pending_scales.pop, slot.hf_name)))
         else:
@@ -140,7 +115,7 @@ def export_hf(directory: str, params: dict, router_bias: dict, model_config, *, 
     cfg = hf_config_from_model(m, base=hf_config, torch_dtype=TORCH_DTYPE_NAMES[dtype], quantized=fp8)
     slots = checkpoint_slots(m, cfg["model_type"], bool(cfg.get("rope_interleave", True)))
     present = _check_variables(slots, {PARAMS: params, BIAS_COLLECTION: router_bias or {}}, m)
-    _prepare_target(directory, overwrite)
+    refuse_nonempty(directory, overwrite)  # before the host copies below, not after them
 
     @functools.lru_cache(maxsize=None)
     def host(key):  # one host view per leaf (zero-copy for CPU arrays)
@@ -151,15 +126,10 @@ def export_hf(directory: str, params: dict, router_bias: dict, model_config, *, 
         return host(key) if key in present else None
 
     planned = planned_tensors(slots, host_leaf, np_dtype, fp8)
-    tmp = staging_directory(directory)
-    try:
+    with staged_directory(directory, overwrite) as tmp:
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=True)
         with tqdm(total=len(planned), desc=f"export {os.path.basename(os.path.normpath(directory))}",
                   unit="tensor", disable=not progress) as bar:
             write_checkpoint_tensors(tmp, planned, parse_size(max_shard_size), bar.update)
-        commit_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory

@@ -1,7 +1,7 @@
 """Read a Hugging Face DeepSeek-V2/V3 checkpoint directory into our variables.
 
     result = import_hf("DeepSeek-V2-Lite/")          # numpy arrays on the host
-    logits, _ = Transformer(result.model_config).apply(
+    logits, _ = Transformer.from_config(result.model_config).apply(
         {"params": result.params, "router_bias": result.router_bias}, tokens)
 
 Everything is checked against the headers before any tensor is read: missing and
@@ -27,7 +27,8 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from moe_jax.interop import fp8
+from moe_jax.interop.hf_names import SCALE_SUFFIX
+from moe_jax.layers import fp8
 from moe_jax.interop.hf_config import HFLayout, model_config_from_hf
 from moe_jax.interop.hf_names import PARAMS, Slot, checkpoint_slots, leaf_shapes, mtp_layer_index
 from moe_jax.interop.safetensors_io import ShardReader, TensorInfo, scan_checkpoint
@@ -100,17 +101,17 @@ def check_tensors(directory: str, slots: list[Slot], tensors: dict[str, TensorIn
             continue
         if info.shape != slot.hf_shape:
             shapes.append(f"{name}: checkpoint {list(info.shape)}, model expects {list(slot.hf_shape)}")
-        scale = tensors.get(name + fp8.SCALE_SUFFIX)
+        scale = tensors.get(name + SCALE_SUFFIX)
         if info.dtype.startswith("F8") and scale is None:
-            missing.append(name + fp8.SCALE_SUFFIX)
+            missing.append(name + SCALE_SUFFIX)
         if scale is not None and len(slot.hf_shape) == 2:
             want = fp8.scale_shape(slot.hf_shape, block)
             if scale.shape != want:
-                shapes.append(f"{name + fp8.SCALE_SUFFIX}: checkpoint {list(scale.shape)}, expected {list(want)}")
+                shapes.append(f"{name + SCALE_SUFFIX}: checkpoint {list(scale.shape)}, expected {list(want)}")
         if scale is not None and not info.dtype.startswith("F8"):
-            other.append(f"{name}: has {fp8.SCALE_SUFFIX} but is stored as {info.dtype}, not float8")
+            other.append(f"{name}: has {SCALE_SUFFIX} but is stored as {info.dtype}, not float8")
     unexpected = [n for n in tensors if n not in expected and n not in ignored
-                  and not (n.endswith(fp8.SCALE_SUFFIX) and n[: -len(fp8.SCALE_SUFFIX)] in expected)]
+                  and not (n.endswith(SCALE_SUFFIX) and n[: -len(SCALE_SUFFIX)] in expected)]
     if missing or unexpected or shapes or other:
         raise CheckpointMismatchError(directory, missing, unexpected, shapes, other)
 
@@ -118,9 +119,9 @@ def check_tensors(directory: str, slots: list[Slot], tensors: dict[str, TensorIn
 def _read_hf_value(reader: ShardReader, tensors: dict, slot: Slot, dtype, block) -> np.ndarray:
     info = tensors[slot.hf_name]
     value = reader.read(info)
-    scale = tensors.get(slot.hf_name + fp8.SCALE_SUFFIX)
+    scale = tensors.get(slot.hf_name + SCALE_SUFFIX)
     if scale is not None:
-        value = fp8.dequantize(value, reader.read(scale), dtype, block)
+        value = fp8.dequantize_weight(value, reader.read(scale), dtype, block)
     return value
 
 

@@ -25,9 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moe_jax.models.param_roles import DECODER_PROJECTIONS, role
 from moe_jax.moe.router import BIAS_COLLECTION
 
 PARAMS = "params"
+# An FP8 checkpoint stores tensor `<name>` as float8 and its block scales as `<name>_scale_inv`.
+SCALE_SUFFIX = "_scale_inv"
 
 
 @dataclass(eq=False)
@@ -47,7 +50,7 @@ class Slot:
     transpose: bool = False
     row_perm: np.ndarray | None = None
     duplicate: bool = False  # a copy of a tensor stored elsewhere (MTP embed/head)
-    linear: bool = False  # a decoder-layer projection that FP8 checkpoints quantize
+    linear: bool = False  # a decoder-layer projection: what FP8 checkpoints store in float8
 
     @property
     def slice_shape(self) -> tuple[int, ...]:
@@ -88,12 +91,14 @@ class _Builder:
         """stack: ((index, size), ...) leading axes of the leaf (layer, expert)."""
         index = tuple(i for i, _ in stack)
         leaf_shape = tuple(n for _, n in stack) + tuple(slice_shape)
-        self.slots.append(Slot(hf_name, tuple(hf_shape), collection, tuple(path), leaf_shape, index, **kw))
+        linear = collection == PARAMS and role(path) in DECODER_PROJECTIONS
+        self.slots.append(Slot(hf_name, tuple(hf_shape), collection, tuple(path), leaf_shape, index,
+                               linear=linear, **kw))
 
     def linear(self, hf_name, out_dim, in_dim, path, slice_shape, stack, row_perm=None):
         """An nn.Linear weight [out, in] -> our [in, ...out split...]."""
         self.add(hf_name, (out_dim, in_dim), path, slice_shape, stack, transpose=True,
-                 row_perm=row_perm, linear=True)
+                 row_perm=row_perm)
 
     def norm(self, hf_name, dim, path, stack):
         self.add(hf_name, (dim,), path + ("scale",), (dim,), stack)

@@ -15,6 +15,7 @@ decompresses per-head keys or values. S is the cache length.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -23,8 +24,8 @@ import jax.numpy as jnp
 
 from moe_jax.layers.initializers import dense_init
 from moe_jax.layers.norms import RMSNorm
-from moe_jax.layers.rope import apply_rope, rope_cos_sin_scale, rope_inv_freq, softmax_scale
-from moe_jax.quant.fp8 import matmul
+from moe_jax.layers.rope import RopeConfig, apply_rope, rope_cos_sin_scale, rope_inv_freq, softmax_scale
+from moe_jax.layers.fp8 import matmul
 
 
 def attention_mask(q_positions, k_positions, q_segments=None, k_segments=None):
@@ -86,10 +87,44 @@ def absorbed_attention(q_nope, q_rope, c_kv, k_rope, w_kv_b, mask, scale):
     return jnp.einsum("bthl,lhv->bthv", out_latent, w_uv)
 
 
-class MLA(nn.Module):
-    """Multi-head Latent Attention; `config` is the model ConfigDict."""
+@dataclasses.dataclass(frozen=True)
+class MLAConfig:
+    """What attention reads from the model config (same field names)."""
 
-    config: object
+    d_model: int  # D
+    num_heads: int  # H
+    q_lora_rank: int  # Q; 0: a plain query projection
+    kv_lora_rank: int  # L
+    qk_nope_head_dim: int  # N
+    qk_rope_head_dim: int  # R
+    v_head_dim: int  # V
+    rope: RopeConfig
+    rms_eps: float = 1e-6
+    init_std: float = 0.02
+    fp8: bool = False  # the projections in FP8 (layers/fp8.py); the attention core stays high precision
+
+    @classmethod
+    def from_config(cls, m) -> "MLAConfig":
+        return cls(d_model=m.d_model, num_heads=m.num_heads, q_lora_rank=m.q_lora_rank,
+                   kv_lora_rank=m.kv_lora_rank, qk_nope_head_dim=m.qk_nope_head_dim,
+                   qk_rope_head_dim=m.qk_rope_head_dim, v_head_dim=m.v_head_dim,
+                   rope=RopeConfig.from_config(m), rms_eps=m.rms_eps, init_std=m.init_std,
+                   fp8=m.fp8)
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Query/key width per head: the no-position part plus the decoupled rope part."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def softmax_scale(self) -> float:
+        return softmax_scale(self.qk_head_dim, self.rope)
+
+
+class MLA(nn.Module):
+    """Multi-head Latent Attention."""
+
+    config: MLAConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -108,7 +143,7 @@ class MLA(nn.Module):
     def project_query(self, x, positions):
         """x [B,T,D] -> (q_nope [B,T,H,N], q_rope [B,T,H,R]) with rope applied."""
         m = self.config
-        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        qk = m.qk_head_dim
         if m.q_lora_rank:
             w_qa = self._weight("q_a", (m.d_model, m.q_lora_rank), ("embed", "q_lora"))
             w_qb = self._weight("q_b", (m.q_lora_rank, m.num_heads, qk), ("q_lora", "heads", "kv"))
@@ -117,7 +152,7 @@ class MLA(nn.Module):
             w_q = self._weight("q", (m.d_model, m.num_heads, qk), ("embed", "heads", "kv"))
             q = self._project(x, w_q)  # [B,T,H,N+R]
         q_nope, q_rope = q[..., : m.qk_nope_head_dim], q[..., m.qk_nope_head_dim:]
-        q_rope = apply_rope(q_rope, positions, rope_inv_freq(m), rope_cos_sin_scale(m))
+        q_rope = apply_rope(q_rope, positions, rope_inv_freq(m.rope), rope_cos_sin_scale(m.rope))
         return q_nope, q_rope
 
     def compress_kv(self, x, positions):
@@ -130,8 +165,8 @@ class MLA(nn.Module):
                              ("embed", "kv_lora"))
         kv_a = self._project(x, w_kva)  # [B, T, L + R]
         c_kv = self._norm("kv_a_norm", kv_a[..., : m.kv_lora_rank])
-        k_rope = apply_rope(kv_a[..., m.kv_lora_rank:], positions, rope_inv_freq(m),
-                            rope_cos_sin_scale(m))
+        k_rope = apply_rope(kv_a[..., m.kv_lora_rank:], positions, rope_inv_freq(m.rope),
+                            rope_cos_sin_scale(m.rope))
         return c_kv, k_rope
 
     def kv_up_weight(self):
@@ -144,6 +179,19 @@ class MLA(nn.Module):
         m = self.config
         return self._weight("o", (m.num_heads, m.v_head_dim, m.d_model), ("heads", "kv", "embed"))
 
+    def _decompressed_attention(self, q_nope, q_rope, c_kv, k_rope, positions, segment_ids):
+        """Per-head keys and values from the latents, then masked attention over the T
+        tokens themselves: the training forward, and the prefill of a cache."""
+        m = self.config
+        kv = self._project(c_kv, self.kv_up_weight())  # [B,T,H,N+V]
+        k_nope, v = kv[..., : m.qk_nope_head_dim], kv[..., m.qk_nope_head_dim:]
+        # The rope key is shared by all heads (decoupled RoPE).
+        k_rope = jnp.broadcast_to(k_rope[:, :, None, :], k_nope.shape[:-1] + (m.qk_rope_head_dim,))
+        q = jnp.concatenate([q_nope, q_rope], axis=-1)
+        k = jnp.concatenate([k_nope, k_rope], axis=-1)
+        mask = attention_mask(positions, positions, segment_ids, segment_ids)
+        return dot_product_attention(q, k, v, mask, m.softmax_scale)  # [B,T,H,V]
+
     @nn.compact
     def __call__(self, x, positions, segment_ids=None, cache: MLACache | None = None,
                  prefill: bool = False):
@@ -155,47 +203,26 @@ class MLA(nn.Module):
         attention runs decompressed over them with `segment_ids` masking, exactly as in
         training; otherwise it runs absorbed over the cache plus the new tokens.
         """
-        if cache is not None:
-            return self._attend_with_cache(x.astype(self.dtype), positions, segment_ids, cache,
-                                           prefill)
-        m = self.config
         x = x.astype(self.dtype)
         q_nope, q_rope = self.project_query(x, positions)
-        c_kv, k_rope = self.compress_kv(x, positions)
-        kv = self._project(c_kv, self.kv_up_weight())  # [B,T,H,N+V]
-        k_nope, v = kv[..., : m.qk_nope_head_dim], kv[..., m.qk_nope_head_dim:]
-        # The rope key is shared by all heads (decoupled RoPE).
-        k_rope = jnp.broadcast_to(k_rope[:, :, None, :], k_nope.shape[:-1] + (m.qk_rope_head_dim,))
-        q = jnp.concatenate([q_nope, q_rope], axis=-1)
-        k = jnp.concatenate([k_nope, k_rope], axis=-1)
-        mask = attention_mask(positions, positions, segment_ids, segment_ids)
-        out = dot_product_attention(q, k, v, mask, softmax_scale(m))  # [B,T,H,V]
-        return self._project(out, self.out_weight(), contract=2)  # [B,T,D]
-
-    def _attend_with_cache(self, x, positions, segment_ids, cache: MLACache, prefill: bool):
-        m = self.config
-        q_nope, q_rope = self.project_query(x, positions)
         c_new, k_rope_new = self.compress_kv(x, positions)
-        w_kv_b = self.kv_up_weight()
-        if prefill:  # the same operations as the training forward
-            kv = self._project(c_new, w_kv_b)
-            k_nope, v = kv[..., : m.qk_nope_head_dim], kv[..., m.qk_nope_head_dim:]
-            k_rope = jnp.broadcast_to(k_rope_new[:, :, None, :],
-                                      k_nope.shape[:-1] + (m.qk_rope_head_dim,))
-            q = jnp.concatenate([q_nope, q_rope], axis=-1)
-            k = jnp.concatenate([k_nope, k_rope], axis=-1)
-            mask = attention_mask(positions, positions, segment_ids, segment_ids)
-            out = dot_product_attention(q, k, v, mask, softmax_scale(m))
+        if cache is None or prefill:
+            out = self._decompressed_attention(q_nope, q_rope, c_new, k_rope_new, positions,
+                                               segment_ids)
         else:
-            start = (0, cache.index, 0)
-            update = jax.lax.dynamic_update_slice
-            c_kv = update(cache.c_kv, c_new.astype(cache.c_kv.dtype), start)
-            k_rope = update(cache.k_rope, k_rope_new.astype(cache.k_rope.dtype), start)
-            slots = jnp.arange(c_kv.shape[1], dtype=jnp.int32)  # [S]
-            query_slots = cache.index + jnp.arange(x.shape[1], dtype=jnp.int32)  # [T]
-            causal = slots[None, :] <= query_slots[:, None]  # [T, S]
-            mask = (causal[None] & cache.valid[:, None, :])[:, None]  # [B,1,T,S]
-            out = absorbed_attention(q_nope, q_rope, c_kv.astype(self.dtype),
-                                     k_rope.astype(self.dtype), w_kv_b, mask, softmax_scale(m))
-        y = self._project(out, self.out_weight(), contract=2)
-        return y, (c_new, k_rope_new)
+            out = self._absorbed_over_cache(q_nope, q_rope, c_new, k_rope_new, cache, x.shape[1])
+        y = self._project(out, self.out_weight(), contract=2)  # [B,T,D]
+        return y if cache is None else (y, (c_new, k_rope_new))
+
+    def _absorbed_over_cache(self, q_nope, q_rope, c_new, k_rope_new, cache: MLACache, length):
+        """The new tokens' queries over the cache with their own latents written in."""
+        start = (0, cache.index, 0)
+        update = jax.lax.dynamic_update_slice
+        c_kv = update(cache.c_kv, c_new.astype(cache.c_kv.dtype), start)
+        k_rope = update(cache.k_rope, k_rope_new.astype(cache.k_rope.dtype), start)
+        slots = jnp.arange(c_kv.shape[1], dtype=jnp.int32)  # [S]
+        query_slots = cache.index + jnp.arange(length, dtype=jnp.int32)  # [T]
+        causal = slots[None, :] <= query_slots[:, None]  # [T, S]
+        mask = (causal[None] & cache.valid[:, None, :])[:, None]  # [B,1,T,S]
+        return absorbed_attention(q_nope, q_rope, c_kv.astype(self.dtype), k_rope.astype(self.dtype),
+                                  self.kv_up_weight(), mask, self.config.softmax_scale)

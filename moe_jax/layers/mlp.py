@@ -5,12 +5,12 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.layers.initializers import dense_init
-from moe_jax.quant.fp8 import matmul
+from moe_jax.layers.fp8 import matmul
 
 
 def swiglu(x, w_gate, w_up, w_down, *, fp8: bool = False):
     """x: [..., D]; w_gate, w_up: [D, F]; w_down: [F, D]. fp8: the three GEMMs in FP8
-    (moe_jax.quant.fp8); the SiLU and product stay in x.dtype."""
+    (moe_jax.layers.fp8); the SiLU and product stay in x.dtype."""
     h = jax.nn.silu(matmul(x, w_gate, fp8=fp8)) * matmul(x, w_up, fp8=fp8)  # [..., F]
     return matmul(h, w_down, fp8=fp8)
 

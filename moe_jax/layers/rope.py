@@ -10,10 +10,34 @@ scaling logits with mscale(factor)^2 (folded into the softmax scale).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+    """The rotary embedding of a head's R rope dimensions; the model config's `rope_*`
+    fields and `qk_rope_head_dim`."""
+
+    head_dim: int  # R
+    theta: float = 10000.0
+    scaling: str = "none"  # or "yarn"
+    factor: float = 1.0  # YaRN: new context / original context
+    original_max_position: int = 4096
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+
+    @classmethod
+    def from_config(cls, m) -> "RopeConfig":
+        return cls(head_dim=m.qk_rope_head_dim, theta=m.rope_theta, scaling=m.rope_scaling,
+                   factor=m.rope_factor, original_max_position=m.rope_original_max_position,
+                   beta_fast=m.rope_beta_fast, beta_slow=m.rope_beta_slow, mscale=m.rope_mscale,
+                   mscale_all_dim=m.rope_mscale_all_dim)
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -34,16 +58,16 @@ def yarn_correction_range(beta_fast, beta_slow, dim, base, original_max_position
     return max(low, 0), min(high, dim - 1)
 
 
-def rope_inv_freq(m) -> np.ndarray:
-    """Inverse frequencies [R/2] for the rope part of the head (R = qk_rope_head_dim)."""
-    dim = m.qk_rope_head_dim
-    base = m.rope_theta
+def rope_inv_freq(rope: RopeConfig) -> np.ndarray:
+    """Inverse frequencies [R/2] for the rope part of the head."""
+    dim = rope.head_dim
+    base = rope.theta
     extrapolation = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    if m.rope_scaling != "yarn" or m.rope_factor == 1.0:
+    if rope.scaling != "yarn" or rope.factor == 1.0:
         return extrapolation.astype(np.float32)
-    interpolation = extrapolation / m.rope_factor
-    low, high = yarn_correction_range(m.rope_beta_fast, m.rope_beta_slow, dim, base,
-                                      m.rope_original_max_position)
+    interpolation = extrapolation / rope.factor
+    low, high = yarn_correction_range(rope.beta_fast, rope.beta_slow, dim, base,
+                                      rope.original_max_position)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
     ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
@@ -52,18 +76,18 @@ def rope_inv_freq(m) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
-def rope_cos_sin_scale(m) -> float:
+def rope_cos_sin_scale(rope: RopeConfig) -> float:
     """Scale applied to cos/sin: mscale(factor, mscale) / mscale(factor, mscale_all_dim)."""
-    if m.rope_scaling != "yarn":
+    if rope.scaling != "yarn":
         return 1.0
-    return yarn_mscale(m.rope_factor, m.rope_mscale) / yarn_mscale(m.rope_factor, m.rope_mscale_all_dim)
+    return yarn_mscale(rope.factor, rope.mscale) / yarn_mscale(rope.factor, rope.mscale_all_dim)
 
 
-def softmax_scale(m) -> float:
+def softmax_scale(qk_head_dim: int, rope: RopeConfig) -> float:
     """1/sqrt(qk_head_dim), times mscale(factor, mscale_all_dim)^2 under YaRN."""
-    scale = (m.qk_nope_head_dim + m.qk_rope_head_dim) ** -0.5
-    if m.rope_scaling == "yarn" and m.rope_mscale_all_dim:
-        scale *= yarn_mscale(m.rope_factor, m.rope_mscale_all_dim) ** 2
+    scale = qk_head_dim ** -0.5
+    if rope.scaling == "yarn" and rope.mscale_all_dim:
+        scale *= yarn_mscale(rope.factor, rope.mscale_all_dim) ** 2
     return scale
 
 

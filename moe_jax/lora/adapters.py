@@ -25,7 +25,8 @@ import ml_collections
 from flax import traverse_util
 
 from moe_jax.lora.nf4 import NF4Tensor
-from moe_jax.lora.targets import DEFAULT_TARGETS, KERNEL_LAYOUTS, adapter_shapes, select_kernels
+from moe_jax.lora.targets import DEFAULT_TARGETS, adapter_shapes, select_kernels
+from moe_jax.models.param_roles import kernel_layout
 from moe_jax.models.config import ConfigError
 
 ADAPTER_DTYPES = ("float32", "bfloat16")
@@ -94,7 +95,7 @@ class LoraKernel:
 
 
 def _layout(path):
-    return KERNEL_LAYOUTS[path[-1]]
+    return tuple(kernel_layout(path))
 
 
 def init_adapters(rng, params, c) -> dict:

@@ -30,7 +30,6 @@ away (lowering it) and allocator fragmentation adds to it.
 
 from __future__ import annotations
 
-import json
 import math
 
 import flax.linen as nn
@@ -40,7 +39,8 @@ from flax import traverse_util
 from moe_jax.lora.adapters import default_lora_config, validate_lora_config
 from moe_jax.lora.nf4 import nf4_bytes
 from moe_jax.lora.targets import adapter_shapes, select_kernels
-from moe_jax.models.config import ConfigError, capacity
+from moe_jax.models.config import ConfigError
+from moe_jax.moe.dispatch import expert_capacity
 from moe_jax.models.transformer import Transformer
 
 GIB = 2**30
@@ -63,7 +63,7 @@ def _layers_in(path, m) -> int:
 def _abstract_params(m) -> dict:
     from moe_jax.parallel.sharding import abstract_boxed_params
 
-    return traverse_util.flatten_dict(nn.unbox(abstract_boxed_params(Transformer(m))))
+    return traverse_util.flatten_dict(nn.unbox(abstract_boxed_params(Transformer.from_config(m))))
 
 
 def _adapter_count(params: dict, targets, rank: int) -> int:
@@ -110,7 +110,7 @@ def qlora_memory_plan(model_config, lora_config=None, *, batch_size: int = 1,
     b, t, d, h = batch_size, seq_len, m.d_model, m.num_heads
     token_width = (6 * d + h * (2 * (m.qk_nope_head_dim + m.qk_rope_head_dim) + 2 * m.v_head_dim)
                    + m.kv_lora_rank)
-    expert_slots = m.num_experts * capacity(b * t, m) if m.num_layers > m.num_dense_layers else 0
+    expert_slots = m.num_experts * expert_capacity(b * t, m.top_k, m.num_experts, m.capacity_factor) if m.num_layers > m.num_dense_layers else 0
     one_layer = {
         "attention_scores": 4 * b * h * t * t * 4,
         "token_tensors": 2 * b * t * token_width * compute,
@@ -161,25 +161,12 @@ def format_qlora_plan(plan: dict, title: str = "") -> str:
     ])
 
 
-def run_qlora_plan(args) -> int:
-    """`moe-jax plan --qlora`: see moe_jax/parallel/plan.py for the arguments."""
-    from moe_jax.config import load_config
-
-    config = load_config(args.config, args.override)
-    lora = default_lora_config()
-    lora.rank = args.lora_rank
-    lora.alpha = 2.0 * args.lora_rank
-    lora.targets = args.lora_targets.split(",") if args.lora_targets else list(PLAN_TARGETS)
-    plan = qlora_memory_plan(config.model, lora, batch_size=args.batch_size, seq_len=args.seq_len)
-    if args.json:
-        print(json.dumps(dict(plan, config=args.config)))
-        return 0
-    print(format_qlora_plan(plan, f"{args.config}: "))
-    if "routed_experts" not in lora.targets:
-        lora.targets = list(lora.targets) + ["routed_experts"]
-        extra = _adapter_count(_abstract_params(config.model), lora.targets, lora.rank) \
-            - plan["adapter_params"]
-        print(f"  (per-expert adapters on the routed experts too would add {extra / 1e6:.0f}M "
-              f"parameters and {extra * (2 * 2 + MOMENT_BYTES) / GIB:.2f} GiB: "
-              f"--lora-targets {','.join(lora.targets)})")
-    return 0
+def unplanned_expert_note(model_config, lora, plan) -> str | None:
+    """What per-expert adapters on the routed experts would add, when the plan has none."""
+    if "routed_experts" in lora.targets:
+        return None
+    targets = list(lora.targets) + ["routed_experts"]
+    extra = _adapter_count(_abstract_params(model_config), targets, lora.rank) - plan["adapter_params"]
+    return (f"  (per-expert adapters on the routed experts too would add {extra / 1e6:.0f}M "
+            f"parameters and {extra * (2 * 2 + MOMENT_BYTES) / GIB:.2f} GiB: "
+            f"--lora-targets {','.join(targets)})")

@@ -2,7 +2,8 @@
 adapters only; the frozen base is an argument the step reads and never returns.
 
     state = create_lora_state(adapters, optimizer, router_bias)   # TrainState, params = adapters
-    step = jax.jit(make_lora_train_step(model, optimizer, lora_config), donate_argnums=0)
+    step = jax.jit(make_lora_train_step(model, optimizer, lora_config, LossWeights.from_config(m)),
+                   donate_argnums=0)
     state, metrics = step(state, base, batch, rng)
 
 The loss is `moe_jax.train.step.forward_with_loss` on the attached params, so the
@@ -19,6 +20,7 @@ import optax
 
 from moe_jax.lora.adapters import attach
 from moe_jax.moe.router import update_router_biases
+from moe_jax.train.losses import LossWeights
 from moe_jax.train.state import TrainState
 from moe_jax.train.step import forward_with_loss, stacked_router_bias
 
@@ -28,20 +30,20 @@ def create_lora_state(adapters, optimizer: optax.GradientTransformation, router_
                       opt_state=optimizer.init(adapters), router_bias=router_bias)
 
 
-def lora_loss(model, adapters, base, router_bias, batch, lora_config):
+def lora_loss(model, adapters, base, router_bias, batch, lora_config, weights: LossWeights):
     """forward_with_loss on base + adapters: (loss, (metrics, expert loads))."""
-    return forward_with_loss(model, attach(base, adapters, lora_config), router_bias, batch)
+    return forward_with_loss(model, attach(base, adapters, lora_config), router_bias, batch, weights)
 
 
 def make_lora_train_step(model, optimizer: optax.GradientTransformation, lora_config,
-                         bias_update_rate: float = 0.0):
+                         weights: LossWeights, bias_update_rate: float = 0.0):
     """train_step(state, base, batch, rng) -> (state, metrics); state.params = adapters."""
 
     def train_step(state: TrainState, base, batch, rng):
         del rng
         grad_fn = jax.value_and_grad(lora_loss, argnums=1, has_aux=True)
         (loss, (metrics, loads)), grads = grad_fn(model, state.params, base, state.router_bias,
-                                                  batch, lora_config)
+                                                  batch, lora_config, weights)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         adapters = optax.apply_updates(state.params, updates)
         router_bias = state.router_bias

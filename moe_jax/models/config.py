@@ -8,14 +8,21 @@ values it may take, not with a shape error deep inside a jitted function.
 
 from __future__ import annotations
 
-import math
-
+import jax
 import ml_collections
+
+from moe_jax.moe.dispatch import ENGINES
 
 ROUTERS = ("softmax", "sigmoid", "sigmoid_bias")
 GROUP_SCORES = ("max", "top2_sum")
-DISPATCH_ENGINES = ("reference", "capacity", "dropless")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DISPATCH_ENGINES = tuple(ENGINES)
+# What a rematerialised decoder layer keeps for its backward pass ("full": nothing, the
+# whole layer is recomputed); model.remat_policy "none" runs the layer without remat.
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 ROPE_SCALINGS = ("none", "yarn")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -79,7 +86,7 @@ def base_model_config() -> ml_collections.ConfigDict:
     c.init_std = 0.02
     c.dtype = "float32"  # compute dtype
     c.param_dtype = "float32"  # master weights
-    # DeepSeek-V3's FP8 recipe for the projections and experts (moe_jax.quant.fp8); the
+    # DeepSeek-V3's FP8 recipe for the projections and experts (moe_jax.layers.fp8); the
     # embedding, head, router, norms and attention core stay in `dtype`.
     c.fp8 = False
     c.remat_policy = "none"
@@ -112,7 +119,7 @@ def validate_model_config(m: ml_collections.ConfigDict) -> None:
                   "mtp_loss_weight"):
         _check_positive(m, field, allow_zero=True)
     for field, choices in (("router", ROUTERS), ("group_score", GROUP_SCORES),
-                           ("dispatch", DISPATCH_ENGINES), ("remat_policy", REMAT_POLICIES),
+                           ("dispatch", DISPATCH_ENGINES), ("remat_policy", ("none", *REMAT_POLICIES)),
                            ("rope_scaling", ROPE_SCALINGS), ("dtype", DTYPES),
                            ("param_dtype", DTYPES)):
         _check_choice(m, field, choices)
@@ -151,12 +158,3 @@ def validate_model_config(m: ml_collections.ConfigDict) -> None:
     if m.fp8 not in (True, False):
         raise ConfigError("model.fp8", m.fp8, "True or False")
 
-
-def qk_head_dim(m) -> int:
-    """Query/key width per head: the no-position part plus the decoupled rope part."""
-    return m.qk_nope_head_dim + m.qk_rope_head_dim
-
-
-def capacity(num_tokens: int, m) -> int:
-    """Slots per expert for the capacity engine: ceil(S * K / E * capacity_factor)."""
-    return max(1, math.ceil(num_tokens * m.top_k / m.num_experts * m.capacity_factor))

@@ -47,7 +47,7 @@ def _component(path: tuple[str, ...]) -> str:
 
 def abstract_params(model_config):
     """Parameter shapes via jax.eval_shape: no memory is allocated."""
-    model = Transformer(model_config)
+    model = Transformer.from_config(model_config)
     tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens)
     return nn.unbox(variables)["params"]

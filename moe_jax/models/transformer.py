@@ -13,23 +13,69 @@ the shared head.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moe_jax.layers.attention import MLA, MLACache
+from moe_jax.layers.attention import MLA, MLACache, MLAConfig
+from moe_jax.layers.fp8 import matmul
 from moe_jax.layers.initializers import dense_init
 from moe_jax.layers.mlp import MLP
 from moe_jax.layers.norms import RMSNorm
-from moe_jax.moe.block import MoEBlock
+from moe_jax.models.config import REMAT_POLICIES
+from moe_jax.moe.block import MoEBlock, MoEConfig
 from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION
-from moe_jax.quant.fp8 import matmul
 
-REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute the whole layer
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """What a decoder layer (and an MTP module around one) reads from the model config."""
+
+    attention: MLAConfig
+    moe: MoEConfig
+    d_model: int  # D
+    dense_ffn: int  # F of the dense layers' MLP
+    rms_eps: float = 1e-6
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute
+    param_dtype: str = "float32"  # master weights
+    fp8: bool = False
+
+    @classmethod
+    def from_config(cls, m) -> "LayerConfig":
+        return cls(attention=MLAConfig.from_config(m), moe=MoEConfig.from_config(m), d_model=m.d_model,
+                   dense_ffn=m.dense_ffn, rms_eps=m.rms_eps, init_std=m.init_std, dtype=m.dtype,
+                   param_dtype=m.param_dtype, fp8=m.fp8)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """What the decoder reads from the model config; `Transformer.from_config(m)` builds it."""
+
+    layer: LayerConfig
+    vocab_size: int  # V
+    d_model: int  # D
+    num_layers: int  # main decoder layers, dense ones included
+    num_dense_layers: int  # the first layers use a dense MLP instead of experts
+    mtp_depth: int = 0
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    rms_eps: float = 1e-6
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat_policy: str = "none"  # "none" or a key of models.config.REMAT_POLICIES
+    scan_layers: bool = True
+    fp8: bool = False  # MTP's projection (the head and embedding always stay in dtype)
+
+    @classmethod
+    def from_config(cls, m) -> "TransformerConfig":
+        return cls(layer=LayerConfig.from_config(m), vocab_size=m.vocab_size, d_model=m.d_model,
+                   num_layers=m.num_layers, num_dense_layers=m.num_dense_layers,
+                   mtp_depth=m.mtp_depth, tie_embeddings=m.tie_embeddings, init_std=m.init_std,
+                   rms_eps=m.rms_eps, dtype=m.dtype, param_dtype=m.param_dtype,
+                   remat_policy=m.remat_policy, scan_layers=m.scan_layers, fp8=m.fp8)
 
 
 def dtype_of(name: str):
@@ -39,7 +85,7 @@ def dtype_of(name: str):
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)); returns (x, moe stats)."""
 
-    config: object
+    config: LayerConfig
     use_moe: bool
 
     @nn.compact
@@ -50,14 +96,15 @@ class DecoderLayer(nn.Module):
         dtype, param_dtype = dtype_of(m.dtype), dtype_of(m.param_dtype)
         norm = lambda name: RMSNorm(m.rms_eps, dtype, param_dtype, name=name)
         if cache is None:
-            x = x + MLA(m, dtype, param_dtype, name="attn")(norm("attn_norm")(x), positions, segment_ids)
+            x = x + MLA(m.attention, dtype, param_dtype, name="attn")(norm("attn_norm")(x), positions,
+                                                                      segment_ids)
         else:
-            attn, new_latents = MLA(m, dtype, param_dtype, name="attn")(
+            attn, new_latents = MLA(m.attention, dtype, param_dtype, name="attn")(
                 norm("attn_norm")(x), positions, segment_ids, cache=cache, prefill=prefill)
             x = x + attn
         h = norm("mlp_norm")(x)
         if self.use_moe:
-            out, stats = MoEBlock(m, dtype, param_dtype, name="moe")(h)
+            out, stats = MoEBlock(m.moe, dtype, param_dtype, name="moe")(h)
         else:
             out, stats = MLP(m.d_model, m.dense_ffn, m.init_std, dtype, param_dtype, fp8=m.fp8,
                              name="mlp")(h), {}
@@ -66,14 +113,14 @@ class DecoderLayer(nn.Module):
         return x + out, stats, new_latents
 
 
-def _layer_stack(m, use_moe: bool, count: int, name: str):
+def _layer_stack(m: TransformerConfig, use_moe: bool, count: int, name: str):
     """`count` DecoderLayers: one module under nn.scan, or a list when scan_layers=False."""
     layer_cls = DecoderLayer
     if m.remat_policy != "none":
         layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[m.remat_policy],
                              prevent_cse=not m.scan_layers)
     if not m.scan_layers:
-        return [layer_cls(m, use_moe, name=f"{name}_{i}") for i in range(count)]
+        return [layer_cls(m.layer, use_moe, name=f"{name}_{i}") for i in range(count)]
     scanned = nn.scan(
         layer_cls,
         variable_axes={"params": 0, BIAS_COLLECTION: 0, LOAD_COLLECTION: 0},
@@ -82,7 +129,7 @@ def _layer_stack(m, use_moe: bool, count: int, name: str):
         length=count,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
-    return scanned(m, use_moe, name=name)
+    return scanned(m.layer, use_moe, name=name)
 
 
 def _run_stack(stack, x, positions, segment_ids):
@@ -99,7 +146,8 @@ def _run_stack(stack, x, positions, segment_ids):
 class MTPModule(nn.Module):
     """One multi-token-prediction depth: h_k = Layer(W [norm(emb(t_{i+k})); norm(h_{k-1})])."""
 
-    config: object
+    config: LayerConfig
+    use_moe: bool  # the module's layer is an MoE layer when the main model has any
 
     @nn.compact
     def __call__(self, hidden, next_embeddings, positions, segment_ids):
@@ -110,8 +158,7 @@ class MTPModule(nn.Module):
         w = self.param("proj", dense_init(m.init_std, ("mtp_concat", "embed")),
                        (2 * m.d_model, m.d_model), param_dtype)
         x = matmul(jnp.concatenate([e, h], axis=-1), w.astype(dtype), fp8=m.fp8)  # [B, T, 2D] -> [B, T, D]
-        use_moe = m.num_layers > m.num_dense_layers
-        x, stats = DecoderLayer(m, use_moe, name="layer")(x, positions, segment_ids)
+        x, stats = DecoderLayer(m, self.use_moe, name="layer")(x, positions, segment_ids)
         return x, RMSNorm(m.rms_eps, dtype, param_dtype, name="out_norm")(x), stats
 
 
@@ -123,10 +170,18 @@ class Transformer(nn.Module):
     "mtp_stats" (routing statistics of the MTP layers).
     """
 
-    config: object
+    config: TransformerConfig
+
+    @classmethod
+    def from_config(cls, m) -> "Transformer":
+        """The decoder of a model config section (`config.model`)."""
+        return cls(TransformerConfig.from_config(m))
 
     def setup(self):
         m = self.config
+        if not isinstance(m, TransformerConfig):
+            raise TypeError(f"Transformer(config): expected a TransformerConfig, got {type(m).__name__}; "
+                            f"build the model from a config section with Transformer.from_config(m)")
         dtype, param_dtype = dtype_of(m.dtype), dtype_of(m.param_dtype)
         self.embed = nn.Embed(
             m.vocab_size, m.d_model, dtype=dtype, param_dtype=param_dtype,
@@ -140,7 +195,8 @@ class Transformer(nn.Module):
         if not m.tie_embeddings:
             self.head = self.param("head", dense_init(m.init_std, ("embed", "vocab")),
                                    (m.d_model, m.vocab_size), param_dtype)
-        self.mtp = [MTPModule(m, name=f"mtp_{k}") for k in range(m.mtp_depth)]
+        use_moe = m.num_layers > m.num_dense_layers
+        self.mtp = [MTPModule(m.layer, use_moe, name=f"mtp_{k}") for k in range(m.mtp_depth)]
 
     def logits(self, normed_hidden):
         m = self.config
@@ -211,13 +267,15 @@ def forward_with_cache(m, params, router_bias, tokens, positions, segment_ids, c
     (see MLACache). -> (logits [B, T, V] float32, caches with the new tokens written).
     With prefill=True the new tokens are the whole context and attend to each other
     only (segment_ids mask padding), exactly as `Transformer.__call__` computes them.
+    `m` is the model config section or a TransformerConfig.
     """
-    model = Transformer(m)
+    config = m if isinstance(m, TransformerConfig) else TransformerConfig.from_config(m)
+    model = Transformer(config)
     x = model.apply({"params": params}, tokens, method=lambda mod, t: mod.embed(t))
     new_caches = {}
-    for name, use_moe, count in layer_stacks(m):
-        layer = DecoderLayer(m, use_moe)
-        stack_params, stack_bias = _layer_variables(m, params, router_bias, name, count)
+    for name, use_moe, count in layer_stacks(config):
+        layer = DecoderLayer(config.layer, use_moe)
+        stack_params, stack_bias = _layer_variables(config, params, router_bias, name, count)
 
         def one_layer(carry, layer_vars, layer=layer):
             x, c_kv_all, k_rope_all, i = carry

@@ -8,20 +8,50 @@ engines and expert parallelism can treat them as one array each.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax.numpy as jnp
 
 from moe_jax.layers.initializers import dense_init
 from moe_jax.layers.mlp import MLP
 from moe_jax.moe import dispatch, expert_parallel
-from moe_jax.moe.router import (Router, balance_loss, expert_counts, router_z_loss,
+from moe_jax.moe.router import (Router, RouterConfig, balance_loss, expert_counts, router_z_loss,
                                 sequence_balance_loss)
 
 
-class MoEBlock(nn.Module):
-    """x [B, T, D] -> (y [B, T, D], stats). `config` is the model ConfigDict."""
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    """What the MoE block reads from the model config (same field names)."""
 
-    config: object
+    router: RouterConfig  # also holds E (num_experts) and K (top_k)
+    d_model: int  # D
+    expert_ffn: int  # F, per routed expert
+    num_shared_experts: int = 1  # shared experts are one MLP of width num_shared_experts * F
+    dispatch: str = "capacity"  # an engine of moe.dispatch.ENGINES
+    capacity_factor: float = 1.25
+    init_std: float = 0.02
+    fp8: bool = False  # expert and shared-expert GEMMs in FP8
+
+    @classmethod
+    def from_config(cls, m) -> "MoEConfig":
+        return cls(router=RouterConfig.from_config(m), d_model=m.d_model, expert_ffn=m.expert_ffn,
+                   num_shared_experts=m.num_shared_experts, dispatch=m.dispatch,
+                   capacity_factor=m.capacity_factor, init_std=m.init_std, fp8=m.fp8)
+
+    @property
+    def num_experts(self) -> int:
+        return self.router.num_experts
+
+    @property
+    def top_k(self) -> int:
+        return self.router.top_k
+
+
+class MoEBlock(nn.Module):
+    """x [B, T, D] -> (y [B, T, D], stats)."""
+
+    config: MoEConfig
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -41,7 +71,7 @@ class MoEBlock(nn.Module):
         m = self.config
         batch, length, d_model = x.shape
         tokens = x.reshape(batch * length, d_model).astype(self.dtype)  # [S, D]
-        routing, logits = Router(m, self.param_dtype, name="router")(tokens)
+        routing, logits = Router(m.router, self.param_dtype, name="router")(tokens)
         # Plain engine, or the same engine under expert parallelism when the mesh set by
         # jax.set_mesh has an expert axis > 1.
         engine = expert_parallel.engine_for_active_mesh(m.dispatch, fp8=m.fp8)

@@ -6,7 +6,7 @@ Pure functions, no modules and no sharding. Every engine has the signature
            capacity_factor: float, *, fp8: bool = False) -> (y [S, D], num_dropped: int32 scalar)
 
 where `num_dropped` counts (token, expert) assignments that were not computed and `fp8`
-runs the expert GEMMs in FP8 (moe_jax.quant.fp8). Shapes:
+runs the expert GEMMs in FP8 (moe_jax.layers.fp8). Shapes:
 S tokens, D model, E experts, F expert ffn, K experts per token, C capacity per expert,
 N = S * K assignments.
 

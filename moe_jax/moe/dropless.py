@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from moe_jax.moe import grouped_matmul
 from moe_jax.moe.permutation import combine, permute
-from moe_jax.quant.fp8 import quantize_weight_ste
+from moe_jax.layers.fp8 import quantize_weight_ste
 
 # Bounds of the CPU tiling (see `cpu_tiling`). Measured in benchmarks/RESULTS.md.
 MAX_TILE_LIMIT = 512  # bigger tiles gain nothing on CPU and make the switch longer

@@ -90,7 +90,7 @@ def expert_axis_size(mesh=None) -> int:
 def engine_for_active_mesh(name: str, fp8: bool = False):
     """The dispatch engine `name`, wrapped in expert parallelism when the active mesh has
     an expert axis of size > 1. Same signature as every engine in `dispatch.py`.
-    fp8: the expert GEMMs in FP8 (moe_jax.quant.fp8)."""
+    fp8: the expert GEMMs in FP8 (moe_jax.layers.fp8)."""
     engine = dispatch.get_engine(name)
     if expert_axis_size() <= 1:
         return functools.partial(engine, fp8=True) if fp8 else engine

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from moe_jax.quant import fp8 as fp8_quant
+from moe_jax.layers import fp8 as fp8_quant
 
 
 # ----------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ def ragged_swiglu(xs, group_sizes, gate, up, down, fp8: bool = False):
     """xs: [R, D] sorted by expert; group_sizes: [E] (sum <= R); gate, up: [E, D, F];
     down: [E, F, D] -> [R, D]. Rows past sum(group_sizes) come out as zeros.
 
-    fp8: the forward GEMM inputs rounded as moe_jax.quant.fp8 rounds them (weights in
+    fp8: the forward GEMM inputs rounded as moe_jax.layers.fp8 rounds them (weights in
     128 x 128 blocks per expert, rows in 1 x 128 tiles); the backward is ragged_dot's own
     transpose in high precision, with the rounding passed straight through.
     """
@@ -62,7 +62,7 @@ def ragged_swiglu(xs, group_sizes, gate, up, down, fp8: bool = False):
 # With fp8, the weights come in already rounded to their 128 x 128 blocks
 # (`fp8_quant.quantize_weight_ste`, outside the kernel) and each GEMM rounds its activation
 # inputs along the axis it contracts: 1 x 128 tiles over K, 128 x 1 tiles over the tile
-# rows T for the weight gradients, as moe_jax.quant.fp8 does for a plain matmul.
+# rows T for the weight gradients, as moe_jax.layers.fp8 does for a plain matmul.
 
 
 def _fp8_dot(a, b, dims, out_dtype):
@@ -228,7 +228,7 @@ def tiled_moe(x, row_weight, row_token, block_start, block_rows, gate, up, down,
     differentiation the pre-activations [R, 2F] are kept for the backward.
 
     fp8 (static): every GEMM, forward and backward, rounds its activation inputs as
-    moe_jax.quant.fp8 does; the caller passes weights already rounded to their blocks.
+    moe_jax.layers.fp8 does; the caller passes weights already rounded to their blocks.
     """
     y, _ = _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, down,
                           max_tile, align, keep_pre=False, fp8=fp8)

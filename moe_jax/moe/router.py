@@ -17,6 +17,7 @@ its two best experts ("top2_sum", DeepSeek-V3), then picks top-k inside them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -29,6 +30,29 @@ BIAS_COLLECTION = "router_bias"
 # Per-step expert loads, written beside each bias (same module path) so that the train
 # step can update every layer's bias with one tree map; see `update_router_biases`.
 LOAD_COLLECTION = "router_load"
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterConfig:
+    """What routing reads from the model config (`gate` is `model.router`)."""
+
+    d_model: int  # D
+    num_experts: int  # E
+    top_k: int  # K
+    gate: str = "sigmoid_bias"  # "softmax" | "sigmoid" | "sigmoid_bias"
+    n_group: int = 1  # G; > 1 limits each token to the `topk_group` best groups
+    topk_group: int = 1
+    group_score: str = "top2_sum"  # "max" (V2) | "top2_sum" (V3)
+    norm_topk_prob: bool = True
+    routed_scaling: float = 1.0
+    init_std: float = 0.02
+
+    @classmethod
+    def from_config(cls, m) -> "RouterConfig":
+        return cls(d_model=m.d_model, num_experts=m.num_experts, top_k=m.top_k, gate=m.router,
+                   n_group=m.n_group, topk_group=m.topk_group, group_score=m.group_score,
+                   norm_topk_prob=m.norm_topk_prob, routed_scaling=m.routed_scaling,
+                   init_std=m.init_std)
 
 
 class Routing(NamedTuple):
@@ -67,11 +91,11 @@ def limit_to_groups(selection_scores, n_group: int, topk_group: int, group_score
     return jnp.where(keep, selection_scores, -jnp.inf)
 
 
-def route(logits, m, bias=None) -> Routing:
+def route(logits, m: RouterConfig, bias=None) -> Routing:
     """Choose K experts per token. logits: [S, E]; bias: [E] (sigmoid_bias only)."""
-    scores = gate_scores(logits, m.router)
+    scores = gate_scores(logits, m.gate)
     selection = scores
-    if m.router == "sigmoid_bias":
+    if m.gate == "sigmoid_bias":
         if bias is None:
             raise ValueError("model.router = 'sigmoid_bias' needs the router bias")
         # The bias only decides *which* experts are chosen; it never enters the weights,
@@ -149,7 +173,7 @@ def load_imbalance(load):
 class Router(nn.Module):
     """Gate projection [D, E] plus, for sigmoid_bias, the balancing bias [E]."""
 
-    config: object
+    config: RouterConfig
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -160,7 +184,7 @@ class Router(nn.Module):
                        (m.d_model, m.num_experts), self.param_dtype)
         logits = jnp.dot(x.astype(jnp.float32), w.astype(jnp.float32))  # [S, E]
         bias = None
-        if m.router == "sigmoid_bias":
+        if m.gate == "sigmoid_bias":
             bias = self.variable(BIAS_COLLECTION, "bias",
                                  lambda: jnp.zeros((m.num_experts,), jnp.float32)).value
         routing = route(logits, m, bias)

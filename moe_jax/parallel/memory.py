@@ -20,9 +20,7 @@ out. Bytes are exact integers; the text output prints GiB (2**30 bytes).
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from typing import Mapping
 
 import flax.linen as nn
@@ -31,7 +29,7 @@ from flax import traverse_util
 from jax.sharding import NamedSharding
 
 from moe_jax.models.transformer import Transformer
-from moe_jax.parallel.mesh import abstract_mesh, parse_mesh_spec
+from moe_jax.parallel.mesh import abstract_mesh
 from moe_jax.parallel.sharding import (DEFAULT_RULES, Rules, abstract_boxed_params, logical_param_specs,
                                        logical_to_mesh_spec)
 
@@ -47,7 +45,7 @@ def memory_plan(model_config, mesh_sizes: Mapping[str, int], num_devices: int | 
     "per_device_params", "groups" (per-device params of routed experts / the rest)}."""
     mesh = abstract_mesh(dict(mesh_sizes), num_devices)
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    boxed = abstract_boxed_params(Transformer(model_config))
+    boxed = abstract_boxed_params(Transformer.from_config(model_config))
     params = nn.unbox(boxed)
     logical = logical_param_specs(boxed)
     flat_params = traverse_util.flatten_dict(params)
@@ -110,18 +108,3 @@ def format_plan(plan: dict, title: str = "") -> str:
         f"    total            {gib(b['total'])}",
     ]
     return "\n".join(lines)
-
-
-def run_plan_command(args) -> int:
-    """`moe-jax plan`: see moe_jax/parallel/plan.py for the arguments."""
-    from moe_jax.config import load_config
-
-    start = time.time()
-    config = load_config(args.config, args.override)
-    plan = memory_plan(config.model, parse_mesh_spec(args.mesh), args.devices)
-    plan["seconds"] = round(time.time() - start, 2)
-    if args.json:
-        print(json.dumps(dict(plan, config=args.config)))
-    else:
-        print(format_plan(plan, f"{args.config}: "))
-    return 0

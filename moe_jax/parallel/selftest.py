@@ -62,7 +62,7 @@ def build(dispatch: str = "capacity", config_path: str | None = None):
     m.capacity_factor = float(m.num_experts) / m.top_k
     opt_config = default_optimizer_config()
     opt_config.warmup_steps, opt_config.total_steps, opt_config.learning_rate = 1, 10, 1e-2
-    return m, Transformer(m), make_optimizer(opt_config)
+    return m, Transformer.from_config(m), make_optimizer(opt_config)
 
 
 def initial_host_state(length: int = 16, dispatch: str = "capacity"):
@@ -91,10 +91,11 @@ def train_losses(mesh_sizes=None, steps: int = 3, batch: int = 8, length: int = 
     from moe_jax.parallel.mesh import make_mesh
     from moe_jax.train.state import create_train_state
     from moe_jax.train.step import make_train_step
+    from moe_jax.train.losses import LossWeights
 
     m, model, optimizer = build(dispatch)
     rng = jax.random.PRNGKey(0)
-    train_step = make_train_step(model, optimizer)
+    train_step = make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate)
 
     if mesh_sizes is None:
         state = (jax.device_put(initial_state) if initial_state is not None else

@@ -10,7 +10,7 @@ For a TrainState (train/ sits above this package, so it is passed in, not import
 
     init = lambda rng: create_train_state(model, optimizer, rng, seq_len)
     state, state_shardings = create_sharded_state(model, init, rng, mesh)
-    step = jit_sharded(make_train_step(model, optimizer), mesh,
+    step = jit_sharded(make_train_step(model, optimizer, weights, rate), mesh,
                        (state_shardings, batch_shardings(batch, mesh), None),
                        (state_shardings, None), donate_argnums=0)
     state, metrics = step(state, shard_batch(batch, mesh), rng)
@@ -248,7 +248,7 @@ def jit_sharded(fn, mesh, in_shardings, out_shardings, rules: Rules = DEFAULT_RU
                 donate_argnums=()):
     """jax.jit with explicit shardings, traced and run under `use_mesh(mesh, rules)`.
 
-    E.g. a train step: `jit_sharded(make_train_step(model, opt), mesh,
+    E.g. a train step: `jit_sharded(make_train_step(model, opt, weights, rate), mesh,
     (state_shardings, batch_shardings, None), (state_shardings, None), donate_argnums=0)`.
     """
     jitted = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,

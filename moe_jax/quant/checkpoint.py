@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import ml_collections
 import numpy as np
 
-from moe_jax.interop.hf_export import commit_directory, staging_directory
+from moe_jax.interop.staging import refuse_nonempty, staged_directory
 from moe_jax.interop.safetensors_io import (PlannedTensor, ShardReader, scan_checkpoint,
                                             write_checkpoint_tensors)
 from moe_jax.quant.weights import QuantizedTensor, dequantize_tree, quantize_tree
@@ -53,8 +52,7 @@ def save_quantized(directory: str, params, router_bias, model_config, bits: int 
                    group_size: int = 128, overwrite: bool = False) -> dict:
     """Quantise `params` (router_bias stays float) and write QDIR; returns
     {"bytes": size of model.safetensors, "quantized": leaves quantised, "float": kept}."""
-    if os.path.exists(directory) and os.listdir(directory) and not overwrite:
-        raise FileExistsError(f"{directory} exists and is not empty (overwrite=True replaces it)")
+    refuse_nonempty(directory, overwrite)  # before quantising, not after
     tree = {"params": quantize_tree(params, bits, group_size) if bits else _to_numpy(params),
             "router_bias": _to_numpy(router_bias or {})}
     entries, tensors = {}, []
@@ -63,18 +61,13 @@ def save_quantized(directory: str, params, router_bias, model_config, bits: int 
         parts = ([(name + ".qvalues", leaf.values), (name + ".scales", leaf.scales)]
                  if isinstance(leaf, QuantizedTensor) else [(name, leaf)])
         tensors += [PlannedTensor(n, a.dtype, a.shape, lambda a=a: a) for n, a in parts]
-    tmp = staging_directory(directory)
-    try:
+    with staged_directory(directory, overwrite) as tmp:
         with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w") as f:
             json.dump(model_config.to_dict(), f, indent=2, sort_keys=True)
         with open(os.path.join(tmp, QUANT_FILE), "w") as f:
             json.dump({"bits": bits, "group_size": group_size, "tensors": entries}, f, indent=1,
                       sort_keys=True)
         write_checkpoint_tensors(tmp, tensors, MAX_SHARD_BYTES)
-        commit_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     num_quantized = sum("bits" in e for e in entries.values())
     return {"bytes": tensor_file_bytes(directory), "quantized": num_quantized,
             "float": len(entries) - num_quantized}

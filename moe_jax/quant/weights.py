@@ -9,11 +9,12 @@ mixes inputs of different rows of the activation. An axis shorter than `group` i
 group; a length that is not a multiple ends in a partial group (zero padding changes no
 maximum).
 
-Which leaves are quantised is decided by name (`GROUP_AXIS_FROM_END`): the matmul
-kernels of attention, the dense and shared MLPs, the stacked experts, the MTP projection,
-the head, and the embedding table (grouped along D: a looked-up row is dequantised alone).
-Norm scales, the router (its logits pick experts: a flipped top-k costs more than the
-bytes are worth) and the balancing bias stay float.
+Which leaves are quantised, and along which axis, comes from the parameter roles
+(moe_jax.models.param_roles.input_axis): the matmul kernels of attention, the dense and
+shared MLPs, the stacked experts, the MTP projection, the head (each along its last
+input axis), and the embedding table (grouped along D: a looked-up row is dequantised
+alone). Norm scales, the router (its logits pick experts: a flipped top-k costs more
+than the bytes are worth) and the balancing bias stay float.
 
 Storage: int8 values as int8; int4 values packed two per byte (`pack_int4`), scales as
 float32. Values are kept with the group axis moved last (the layout the scales follow);
@@ -27,20 +28,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from moe_jax.models.param_roles import input_axis
+
 BITS = (8, 4)
-# Leaf name -> position of its input axis counted from the end, for the layouts the
-# model's modules create (a scanned stack adds leading axes, which this ignores).
-# Attention's output projection o [H, V, D] contracts (H, V): its groups run along V.
-GROUP_AXIS_FROM_END = {
-    "q_a": 2, "q_b": 3, "q": 3, "kv_a": 2, "kv_b": 3, "o": 2,  # MLA
-    "gate": 2, "up": 2, "down": 2,  # dense and shared MLPs
-    "wi_gate": 2, "wi_up": 2, "wo": 2,  # routed experts [E, D, F] / [E, F, D]
-    "proj": 2, "head": 2,  # MTP projection, output head
-    "embedding": 1,  # [V, D]: groups along D
-}
-FLOAT_PATH_PARTS = ("router",)  # never quantised, whatever the leaf is called
-
-
 class QuantizedTensor(NamedTuple):
     values: np.ndarray  # int8 [..., L] (group axis last), or uint8 packed int4
     scales: np.ndarray  # float32 [..., ceil(L / group)]
@@ -58,11 +48,7 @@ def qmax(bits: int) -> int:
 
 def group_axis(path: tuple[str, ...], ndim: int) -> int | None:
     """The axis to group along for the leaf at `path` (names), or None to keep it float."""
-    name = path[-1]
-    from_end = GROUP_AXIS_FROM_END.get(name)
-    if from_end is None or ndim < from_end or any(p in FLOAT_PATH_PARTS for p in path):
-        return None
-    return ndim - from_end
+    return input_axis(path, ndim)
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:

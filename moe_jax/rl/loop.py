@@ -32,7 +32,6 @@ import numpy as np
 from moe_jax.config import load_config
 from moe_jax.data.tasks import get_task
 from moe_jax.data.tokenizer import get_tokenizer
-from moe_jax.interop.checkpoint import load_start
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.rl.grpo import GRPOConfig
@@ -42,6 +41,7 @@ from moe_jax.rl.rewards import task_rewards
 from moe_jax.rl.rollout import sample_groups
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.evaluate import exact_match
+from moe_jax.train.loader import load_model
 from moe_jax.train.loop import (NonFiniteLossError, load_data, optimizer_config, resume,
                                 train_and_evaluate)
 from moe_jax.train.metrics import MetricsWriter, Progress, read_metrics
@@ -151,8 +151,9 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, reward_fn=None, 
 
     init_dir = _sft_workdir(config, workdir, log)
     # An SFT workdir, or a `moe-jax convert` directory that brings its own model config.
-    m, ref_params, router_bias = load_start(init_dir, m, log)
-    policy = Transformer(m)
+    start = load_model(init_dir, m, log=log)
+    m, ref_params, router_bias = start.model_config, start.params, start.router_bias
+    policy = Transformer.from_config(m)
     opt_config = optimizer_config(config)
     optimizer, score, update = _compiled(ml_collections.FrozenConfigDict(m),
                                          ml_collections.FrozenConfigDict(opt_config), grpo_config(config))

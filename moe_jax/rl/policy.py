@@ -50,7 +50,7 @@ def rollout_layout(prompt_tokens, prompt_lengths, response_tokens, response_leng
 
 def scoring_model(model_config) -> Transformer:
     """The model as the sampler runs it (dropless dispatch)."""
-    return Transformer(inference_config(model_config))
+    return Transformer.from_config(inference_config(model_config))
 
 
 def sequence_logprobs(model: Transformer, params, router_bias, batch):

@@ -106,17 +106,18 @@ def _functions(m, spec, context: int, dtype):
     return prefill_fn, decode_fn
 
 
-def export_model(loaded, tokenizer, out: str, *, quantize: bool = False,
-                 context: int | None = None, batch: int | None = None,
+def export_model(model_config, params, router_bias, tokenizer, out: str, *,
+                 quantize: bool = False, context: int | None = None, batch: int | None = None,
                  prompt_len: int | None = None, platforms=("cpu",),
                  group_size: int = 128) -> dict:
-    """Write ART = `out` for a `serve.loading.LoadedModel`; returns the manifest.
+    """Write ART = `out` for a model (its `config.model` section and weights); returns
+    the manifest.
 
     The manifest carries the tokenizer's special ids and, for a character tokenizer,
     its id -> character table, so the loader can take and print text; with any other
     tokenizer the loader works in token ids.
     """
-    config = ml_collections.ConfigDict(loaded.model_config.to_dict())
+    config = ml_collections.ConfigDict(model_config.to_dict())
     fixed = batch is not None
     if not fixed:
         config.dispatch = "reference"  # see the module docstring
@@ -125,8 +126,7 @@ def export_model(loaded, tokenizer, out: str, *, quantize: bool = False,
     if fixed and not (prompt_len and 1 <= prompt_len < context):
         raise ValueError(f"prompt_len = {prompt_len}: with a fixed batch, expected a prompt "
                          f"length in [1, {context})")
-    names, arrays, spec = _weight_list(loaded.params, loaded.router_bias, 8 if quantize else None,
-                                       group_size)
+    names, arrays, spec = _weight_list(params, router_bias, 8 if quantize else None, group_size)
     dtype = jnp.dtype(m.param_dtype)
     prefill_fn, decode_fn = _functions(m, spec, context, dtype)
 

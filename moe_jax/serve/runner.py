@@ -1,7 +1,9 @@
-"""Building a served model from a checkpoint and running it under uvicorn, in the
-foreground (`moe-jax serve`) or on a background thread (tests, notebooks, benchmarks).
+"""Serving a model under uvicorn, in the foreground (`moe-jax serve`) or on a
+background thread (tests, notebooks, benchmarks).
 
-    served = build_server(checkpoint, config=..., num_slots=8)      # engine warmed up
+    loaded = moe_jax.train.loader.load_model(checkpoint)
+    served = serve_model(loaded.model_config, loaded.params, loaded.router_bias,
+                         get_tokenizer("char"), num_slots=8, model_name="arith")
     with ServerThread(served.app) as url:                           # http://127.0.0.1:<port>
         ...
     served.engine.stop()
@@ -9,7 +11,6 @@ foreground (`moe-jax serve`) or on a background thread (tests, notebooks, benchm
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -25,28 +26,18 @@ class Served(NamedTuple):
     tokenizer: object
 
 
-def serve_engine(engine, tokenizer, model_name: str) -> Served:
-    """An app over an engine that is warmed up here and started."""
+def serve_model(model_config, params, router_bias, tokenizer, *, num_slots: int = 8,
+                context: int | None = None, model_name: str = "model") -> Served:
+    """An engine over the model, warmed up (the decode step and the smallest prompt
+    bucket compiled) and started, and the app over it."""
+    from moe_jax.infer.engine import Engine
     from moe_jax.serve.app import create_app
 
+    engine = Engine(model_config, params, router_bias, tokenizer, num_slots=num_slots,
+                    context=context)
     engine.warmup()
     engine.start()
     return Served(create_app(engine, tokenizer, model_name), engine, model_name, tokenizer)
-
-
-def build_server(checkpoint: str, *, config: str | None = None, overrides=(),
-                 quantize: bool = False, num_slots: int = 8, context: int | None = None,
-                 model_name: str | None = None, tokenizer: str | None = None) -> Served:
-    from moe_jax.data.tokenizer import get_tokenizer
-    from moe_jax.infer.engine import Engine
-    from moe_jax.serve.loading import load_model
-
-    loaded = load_model(checkpoint, config, overrides, quantize)
-    tok = get_tokenizer(tokenizer or loaded.tokenizer_name)
-    engine = Engine(loaded.model_config, loaded.params, loaded.router_bias, tok,
-                    num_slots=num_slots, context=context)
-    name = model_name or os.path.basename(os.path.normpath(checkpoint))
-    return serve_engine(engine, tok, name)
 
 
 def bind(host: str, port: int) -> socket.socket:

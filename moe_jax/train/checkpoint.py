@@ -25,9 +25,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
-from moe_jax.train.state import create_train_state
 
+CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_DIR = "checksums"
 
 
@@ -49,7 +48,7 @@ class Checkpointer:
     """Save/restore (state, data iterator state, extra JSON) every `every` steps, keep `keep`."""
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True, log=print):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         self.corrupt_dir = os.path.abspath(os.path.join(workdir, "corrupt"))
         self.keep, self.async_save, self.log = keep, async_save, log
         self._pending: int | None = None
@@ -124,6 +123,32 @@ class Checkpointer:
         self.manager.close()
         self._open()
 
+    def read_state(self, step: int | None = None):
+        """-> (the saved state as a nested dict of arrays, its step) of `step`, or of the
+        newest step whose seal verifies and that reads back; None when there is none.
+
+        For readers of a finished run: no template is needed (the tree is read as it was
+        saved, whatever the optimizer), and nothing is moved or deleted; a step that does
+        not read raises CorruptCheckpointError naming every step tried and why."""
+        self._finish_pending()
+        steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        if step is not None and step not in self.manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}")
+        errors = []
+        for candidate in steps:
+            try:
+                self._verify(candidate)
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(
+                        None, fallback_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))))
+                return dict(restored["state"]), candidate
+            except Exception as error:  # noqa: BLE001 - reported below, never hidden
+                errors.append(f"step {candidate}: {type(error).__name__}: {str(error)[:200]}")
+        if errors:
+            raise CorruptCheckpointError(f"no checkpoint in {self.directory} reads back: "
+                                         f"{'; '.join(errors)}")
+        return None
+
     def restore_latest(self, abstract_state, quarantine: bool = True) -> tuple[Any, dict, dict] | None:
         """-> (state, data_state, extra) of the newest readable checkpoint, or None.
 
@@ -152,20 +177,3 @@ class Checkpointer:
             raise CorruptCheckpointError(f"no checkpoint in {self.directory} matches the model "
                                          f"or reads back: {'; '.join(errors)}")
         return None
-
-
-def restore_trained_state(workdir: str, model, log=print):
-    """The TrainState of the newest good checkpoint in a training workdir, or None.
-
-    For readers of a finished run (evaluation, RL from an SFT run, a distillation
-    teacher) that have no optimizer of their own: the template uses the default AdamW,
-    whose state has the same structure as every optimizer `make_optimizer` builds.
-    Nothing is moved or deleted: a checkpoint this model cannot read raises
-    CorruptCheckpointError naming each step and why.
-    """
-    template = create_train_state(model, make_optimizer(default_optimizer_config()),
-                                  jax.random.PRNGKey(0), 8)
-    checkpointer = Checkpointer(workdir, keep=1000, async_save=False, log=log)
-    restored = checkpointer.restore_latest(template, quarantine=False)
-    checkpointer.close()
-    return None if restored is None else restored[0]

@@ -15,7 +15,6 @@ import time
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -33,6 +32,7 @@ from moe_jax.train.metrics import MetricsWriter, Progress
 from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
+from moe_jax.train.losses import LossWeights
 
 SCALARS_CHECKED = ("loss", "ce_loss", "mtp_loss", "balance_loss", "seq_balance_loss", "z_loss",
                    "grad_norm")
@@ -146,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
                             read_options=read_options(config.data))
     data_iter = Prefetch(iter(dataset), depth=2)
 
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     optimizer = make_optimizer(optimizer_config(config))
     state = create_train_state(model, optimizer, jax.random.PRNGKey(t.seed), config.data.seq_len)
     checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint, log=log)
@@ -154,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     start_step = int(state.step)
 
     base_rng = jax.random.PRNGKey(t.seed + 1)
-    step_fn = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
+    step_fn = jax.jit(make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate), donate_argnums=0)
     writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     tokens_per_step = t.batch_size * config.data.seq_len
     progress = Progress(t.steps, start_step, tokens_per_step, enabled=t.progress_bar)

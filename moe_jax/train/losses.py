@@ -6,8 +6,25 @@ counts), segment_ids (packed example id, 0 = padding), positions.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """The weights of the objective's terms (the model config's fields of the same names)."""
+
+    mtp_loss_weight: float = 0.3  # lambda: MTP cross-entropy, averaged over depths
+    aux_loss_coef: float = 0.0  # expert-level balance loss (V2)
+    seq_aux_loss_coef: float = 1e-4  # sequence-wise balance loss (V3)
+    z_loss_coef: float = 0.0  # router z-loss
+
+    @classmethod
+    def from_config(cls, m) -> "LossWeights":
+        return cls(mtp_loss_weight=m.mtp_loss_weight, aux_loss_coef=m.aux_loss_coef,
+                   seq_aux_loss_coef=m.seq_aux_loss_coef, z_loss_coef=m.z_loss_coef)
 
 
 def masked_cross_entropy(logits, targets, mask):
@@ -32,7 +49,7 @@ def mtp_targets(batch, depth: int):
     return shifted_targets, shifted_mask * same_example
 
 
-def routing_losses(stats, m):
+def routing_losses(stats, m: LossWeights):
     """Sum over MoE layers of the configured balance, sequence-balance and z losses."""
     if not stats:
         return jnp.zeros(()), {}
@@ -52,7 +69,7 @@ def _concat_stats(extras):
     return jax.tree.map(lambda *s: jnp.concatenate(s), *parts)
 
 
-def model_loss(logits, extras, batch, m):
+def model_loss(logits, extras, batch, m: LossWeights):
     """-> (scalar loss, metrics dict of scalars)."""
     ce = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
     loss = ce

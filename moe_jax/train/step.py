@@ -10,17 +10,17 @@ import jax
 import optax
 
 from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION, update_router_biases
-from moe_jax.train.losses import model_loss
+from moe_jax.train.losses import LossWeights, model_loss
 from moe_jax.train.state import TrainState
 
 
-def forward_with_loss(model, params, router_bias, batch):
+def forward_with_loss(model, params, router_bias, batch, weights: LossWeights):
     """-> (loss, (metrics, expert loads per router))."""
     variables = {"params": params, BIAS_COLLECTION: router_bias}
     (logits, extras), mutated = model.apply(
         variables, batch["inputs"], batch["positions"], batch["segment_ids"],
         mutable=[LOAD_COLLECTION])
-    loss, metrics = model_loss(logits, extras, batch, model.config)
+    loss, metrics = model_loss(logits, extras, batch, weights)
     return loss, (metrics, mutated.get(LOAD_COLLECTION, {}))
 
 
@@ -30,14 +30,16 @@ def stacked_router_bias(router_bias):
     return jax.numpy.concatenate([b.reshape(-1, b.shape[-1]) for b in leaves])
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, bias_update_rate=None):
-    """Build the step for `model`; the bias rate defaults to model.config.bias_update_rate."""
-    rate = model.config.bias_update_rate if bias_update_rate is None else bias_update_rate
+def make_train_step(model, optimizer: optax.GradientTransformation, weights: LossWeights,
+                    bias_update_rate: float):
+    """Build the step for `model`: the objective's terms weighted by `weights`; the router
+    biases move by `bias_update_rate` (gamma) per step, 0 keeps them frozen."""
+    rate = bias_update_rate
 
     def train_step(state: TrainState, batch, rng):
         del rng  # no dropout in these models; kept in the signature for experiments that need it
         grad_fn = jax.value_and_grad(forward_with_loss, argnums=1, has_aux=True)
-        (loss, (metrics, loads)), grads = grad_fn(model, state.params, state.router_bias, batch)
+        (loss, (metrics, loads)), grads = grad_fn(model, state.params, state.router_bias, batch, weights)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         router_bias = update_router_biases(state.router_bias, loads, rate) if loads else state.router_bias

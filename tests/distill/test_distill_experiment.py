@@ -39,7 +39,7 @@ def test_teacher_is_read_from_a_training_workdir(tmp_path):
 
     config = load_config("experiments/distill.py:runlocal")
     run_dir = tmp_path / "teacher_run"
-    state = create_train_state(Transformer(config.model), make_optimizer(default_optimizer_config()),
+    state = create_train_state(Transformer.from_config(config.model), make_optimizer(default_optimizer_config()),
                                jax.random.PRNGKey(3), config.data.seq_len)
     ckpt = Checkpointer(str(run_dir), async_save=False, log=lambda *_: None)
     ckpt.save(7, state, {})

@@ -21,7 +21,7 @@ TINY_OVERRIDES = (
 def tiny_model():
     """-> dict(m: inference config, model, params, router_bias, overrides)."""
     m = inference_config(load_config("configs/tiny.py", list(TINY_OVERRIDES)).model)
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))
     return dict(m=m, model=model, params=variables["params"],
                 router_bias=variables["router_bias"], overrides=TINY_OVERRIDES)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from interop.tiny_hf import build_hf_model, hf_logits, no_drop, our_forward, read_all_tensors, save_hf_model, torch
-from moe_jax.interop import fp8
+from moe_jax.interop.hf_config import QUANTIZATION_CONFIG
+from moe_jax.layers import fp8
 from moe_jax.interop.hf import export_hf, import_hf
 
 F8 = ml_dtypes.float8_e4m3fn
@@ -41,18 +42,18 @@ def test_dequantize_matches_per_element_reference_with_partial_blocks():
     w = (rng.standard_normal((300, 260)) * rng.uniform(0.01, 3, (300, 1))).astype(np.float32)
     q, s = reference_quantize(w)
     assert s.shape == (3, 3)  # 300 = 128 + 128 + 44 rows, 260 = 128 + 128 + 4 columns
-    np.testing.assert_array_equal(fp8.dequantize(q, s), reference_dequantize(q, s))
+    np.testing.assert_array_equal(fp8.dequantize_weight(q, s), reference_dequantize(q, s))
     # e4m3 keeps 3 mantissa bits: relative rounding error at most 2^-4 (normal range)
     big = np.abs(w) > 1e-2 * np.abs(w).max()
-    assert np.all(np.abs(fp8.dequantize(q, s) - w)[big] <= 2.0 ** -4 * np.abs(w)[big] + 1e-12)
-    bf16 = fp8.dequantize(q, s, ml_dtypes.bfloat16)
+    assert np.all(np.abs(fp8.dequantize_weight(q, s) - w)[big] <= 2.0 ** -4 * np.abs(w)[big] + 1e-12)
+    bf16 = fp8.dequantize_weight(q, s, ml_dtypes.bfloat16)
     np.testing.assert_array_equal(bf16, reference_dequantize(q, s).astype(ml_dtypes.bfloat16))
 
 
 def test_quantize_matches_reference():
     w = np.random.RandomState(1).standard_normal((130, 257)).astype(np.float32)
     w[:128, :128] = 0.0  # an all-zero block gets scale 1, not a division by zero
-    q, s = fp8.quantize(w)
+    q, s = fp8.quantize_weight(w)
     with np.errstate(invalid="ignore"):  # the reference divides the zero block by 0
         rq, rs = reference_quantize(w)
     rs[0, 0] = 1.0
@@ -103,7 +104,7 @@ def _quantize_checkpoint(src: str, dst: str) -> dict:
         return {name: torch.from_numpy(q.view(np.uint8)).view(torch.float8_e4m3fn),
                 name + "_scale_inv": torch.from_numpy(s)}
 
-    _rewrite_checkpoint(src, dst, transform, {"quantization_config": dict(fp8.QUANTIZATION_CONFIG)})
+    _rewrite_checkpoint(src, dst, transform, {"quantization_config": dict(QUANTIZATION_CONFIG)})
     return quantized
 
 

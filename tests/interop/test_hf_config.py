@@ -101,7 +101,7 @@ def test_absent_keys_take_transformers_defaults():
 @pytest.mark.parametrize("tie", [False, True])
 def test_slots_cover_exactly_the_model_variables(scan_layers, tie):
     m = tiny_model_config(scan_layers=scan_layers, tie_embeddings=tie, mtp_depth=1)
-    init = lambda: nn.unbox(Transformer(m).init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32)))
+    init = lambda: nn.unbox(Transformer.from_config(m).init(jax.random.PRNGKey(0), np.zeros((1, 4), np.int32)))
     variables = jax.eval_shape(init)
     want = {(collection, tuple(k.key for k in path)): leaf.shape
             for collection in ("params", "router_bias")

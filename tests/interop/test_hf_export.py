@@ -114,7 +114,7 @@ def test_mtp_layers_import_run_and_round_trip(hf_checkpoints, tmp_path):
                                   extra[f"model.layers.{n}.mlp.gate.e_score_correction_bias"])
 
     tokens = np.zeros((1, 8), np.int32)
-    _, extras = jax.eval_shape(Transformer(m).apply,
+    _, extras = jax.eval_shape(Transformer.from_config(m).apply,
                                {"params": imported.params, "router_bias": imported.router_bias}, tokens)
     assert extras["mtp_logits"].shape == (1, 1, 8, m.vocab_size)
 

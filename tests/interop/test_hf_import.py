@@ -62,7 +62,7 @@ def test_imported_config_reflects_hf_semantics(case):
 def test_imported_tree_matches_model_init(case):
     _, _, directory = case
     imported = import_hf(directory, progress=False)
-    init = lambda: nn.unbox(Transformer(imported.model_config).init(
+    init = lambda: nn.unbox(Transformer.from_config(imported.model_config).init(
         jax.random.PRNGKey(0), np.zeros((1, 4), np.int32)))
     want = jax.tree.map(lambda x: (x.shape, x.dtype), dict(jax.eval_shape(init)))
     want.pop("router_load", None)  # per-step loads, written by apply, not stored

@@ -116,7 +116,7 @@ def our_forward(model_config):
 
 @functools.lru_cache(maxsize=None)
 def _jitted_forward(config_json: str):
-    model = Transformer(ml_collections.ConfigDict(json.loads(config_json)))
+    model = Transformer.from_config(ml_collections.ConfigDict(json.loads(config_json)))
     return jax.jit(lambda variables, tokens: model.apply(variables, tokens)[0])
 
 

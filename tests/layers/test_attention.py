@@ -5,8 +5,8 @@ import pytest
 from flax import linen as nn
 
 from helpers import tiny_model_config
-from moe_jax.layers.attention import MLA
-from moe_jax.layers.rope import apply_rope, rope_inv_freq, softmax_scale
+from moe_jax.layers.attention import MLA, MLAConfig
+from moe_jax.layers.rope import RopeConfig, apply_rope, rope_inv_freq
 
 
 def rms(x, scale, eps):
@@ -18,7 +18,7 @@ def plain_mha(p, x, m):
     written as explicit per-head loops over one sequence."""
     b, t, _ = x.shape
     pos = jnp.arange(t)
-    inv_freq = rope_inv_freq(m)
+    inv_freq = rope_inv_freq(RopeConfig.from_config(m))
     if m.q_lora_rank:
         q = jnp.einsum("btq,qhk->bthk", rms(x @ p["q_a"], p["q_a_norm"]["scale"], m.rms_eps), p["q_b"])
     else:
@@ -34,7 +34,7 @@ def plain_mha(p, x, m):
                                    apply_rope(q[bi, :, h, m.qk_nope_head_dim:], pos, inv_freq)], -1)
             k_h = jnp.concatenate([kv[bi, :, h, : m.qk_nope_head_dim], k_rope], -1)
             v_h = kv[bi, :, h, m.qk_nope_head_dim:]
-            scores = q_h @ k_h.T * softmax_scale(m)
+            scores = q_h @ k_h.T * MLAConfig.from_config(m).softmax_scale
             scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
             out[bi, :, h] = jax.nn.softmax(scores, -1) @ v_h
     return jnp.einsum("bthv,hvd->btd", out, p["o"])
@@ -43,7 +43,7 @@ def plain_mha(p, x, m):
 @pytest.mark.parametrize("q_lora_rank", [0, 48])
 def test_mla_equals_mha_on_decompressed_keys_values(q_lora_rank):
     m = tiny_model_config(q_lora_rank=q_lora_rank)
-    layer = MLA(m)
+    layer = MLA(MLAConfig.from_config(m))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, m.d_model))
     pos = jnp.broadcast_to(jnp.arange(7), (2, 7))
     params = nn.unbox(layer.init(jax.random.PRNGKey(1), x, pos))["params"]
@@ -53,7 +53,7 @@ def test_mla_equals_mha_on_decompressed_keys_values(q_lora_rank):
 
 def test_future_tokens_never_change_earlier_outputs():
     m = tiny_model_config()
-    layer = MLA(m)
+    layer = MLA(MLAConfig.from_config(m))
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 10, m.d_model))
     pos = jnp.arange(10)[None]
     params = layer.init(jax.random.PRNGKey(1), x, pos)
@@ -65,7 +65,7 @@ def test_future_tokens_never_change_earlier_outputs():
 
 def test_packed_segments_attend_only_within_themselves():
     m = tiny_model_config()
-    layer = MLA(m)
+    layer = MLA(MLAConfig.from_config(m))
     a = jax.random.normal(jax.random.PRNGKey(0), (1, 4, m.d_model))
     b = jax.random.normal(jax.random.PRNGKey(1), (1, 5, m.d_model))
     params = layer.init(jax.random.PRNGKey(2), a, jnp.arange(4)[None])

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_jax.layers import rope
+from moe_jax.layers.rope import RopeConfig
 from moe_jax.models.config import base_model_config
 
 
@@ -19,14 +20,14 @@ def rope_config(**kw):
 def test_yarn_factor_one_is_plain_rope():
     plain = rope_config(rope_scaling="none")
     yarn = rope_config(rope_scaling="yarn", rope_factor=1.0, rope_mscale=1.0, rope_mscale_all_dim=1.0)
-    np.testing.assert_array_equal(rope.rope_inv_freq(plain), rope.rope_inv_freq(yarn))
-    assert rope.rope_cos_sin_scale(yarn) == 1.0
-    assert rope.softmax_scale(yarn) == rope.softmax_scale(plain) == 32 ** -0.5
+    np.testing.assert_array_equal(rope.rope_inv_freq(RopeConfig.from_config(plain)), rope.rope_inv_freq(RopeConfig.from_config(yarn)))
+    assert rope.rope_cos_sin_scale(RopeConfig.from_config(yarn)) == 1.0
+    assert rope.softmax_scale(32, RopeConfig.from_config(yarn)) == rope.softmax_scale(32, RopeConfig.from_config(plain)) == 32 ** -0.5
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 8))
     pos = jnp.broadcast_to(jnp.arange(5), (2, 5))
     np.testing.assert_array_equal(
-        rope.apply_rope(x, pos, rope.rope_inv_freq(plain)),
-        rope.apply_rope(x, pos, rope.rope_inv_freq(yarn), rope.rope_cos_sin_scale(yarn)))
+        rope.apply_rope(x, pos, rope.rope_inv_freq(RopeConfig.from_config(plain))),
+        rope.apply_rope(x, pos, rope.rope_inv_freq(RopeConfig.from_config(yarn)), rope.rope_cos_sin_scale(RopeConfig.from_config(yarn))))
 
 
 def test_yarn_hand_checked_frequencies_and_scale():
@@ -40,19 +41,19 @@ def test_yarn_hand_checked_frequencies_and_scale():
     m = rope_config(rope_scaling="yarn", rope_factor=4.0, rope_original_max_position=64,
                     rope_beta_fast=32.0, rope_beta_slow=1.0, rope_mscale=1.0, rope_mscale_all_dim=1.0)
     assert rope.yarn_correction_range(32.0, 1.0, 8, 10000.0, 64) == (0, 2)
-    np.testing.assert_allclose(rope.rope_inv_freq(m), [1.0, 0.0625, 0.0025, 0.00025], rtol=1e-6)
+    np.testing.assert_allclose(rope.rope_inv_freq(RopeConfig.from_config(m)), [1.0, 0.0625, 0.0025, 0.00025], rtol=1e-6)
     # mscale(4) = 0.1 * ln 4 + 1 = 1.138629; softmax scale = 32^-0.5 * 1.138629^2 = 0.229187
     assert math.isclose(rope.yarn_mscale(4.0, 1.0), 1.1386294, rel_tol=1e-6)
-    assert math.isclose(rope.softmax_scale(m), 0.2291869, rel_tol=1e-6)
+    assert math.isclose(rope.softmax_scale(32, RopeConfig.from_config(m)), 0.2291869, rel_tol=1e-6)
     # mscale == mscale_all_dim: cos/sin are not rescaled (DeepSeek-V3's setting).
-    assert rope.rope_cos_sin_scale(m) == 1.0
+    assert rope.rope_cos_sin_scale(RopeConfig.from_config(m)) == 1.0
     m.rope_mscale_all_dim = 0.0  # then cos/sin carry mscale(4, 1) = 1.138629
-    assert math.isclose(rope.rope_cos_sin_scale(m), 1.1386294, rel_tol=1e-6)
+    assert math.isclose(rope.rope_cos_sin_scale(RopeConfig.from_config(m)), 1.1386294, rel_tol=1e-6)
 
 
 def test_rope_is_relative():
     # <rope(q, i), rope(k, j)> depends only on i - j.
-    inv_freq = rope.rope_inv_freq(rope_config())
+    inv_freq = rope.rope_inv_freq(RopeConfig.from_config(rope_config()))
     q = jax.random.normal(jax.random.PRNGKey(1), (8,))
     k = jax.random.normal(jax.random.PRNGKey(2), (8,))
 

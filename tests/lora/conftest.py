@@ -19,6 +19,6 @@ def small_tiny_config():
 @pytest.fixture(scope="session")
 def tiny():
     m = small_tiny_config()
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32)))
     return m, model, variables["params"], variables.get(BIAS_COLLECTION, {})

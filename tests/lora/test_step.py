@@ -13,6 +13,7 @@ from moe_jax.lora.qlora import quantize_base
 from moe_jax.lora.step import create_lora_state, make_lora_train_step
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
+from moe_jax.train.losses import LossWeights
 
 
 def optimizer():
@@ -29,7 +30,7 @@ def run_steps(model, base, router_bias, lora_config, steps, batch):
     opt = optimizer()
     adapters = init_adapters(jax.random.PRNGKey(1), base, lora_config)
     state = create_lora_state(adapters, opt, router_bias)
-    step = jax.jit(make_lora_train_step(model, opt, lora_config), donate_argnums=0)
+    step = jax.jit(make_lora_train_step(model, opt, lora_config, LossWeights()), donate_argnums=0)
     losses = []
     for i in range(steps):
         state, metrics = step(state, base, batch, jax.random.PRNGKey(i))
@@ -70,7 +71,7 @@ def test_only_adapters_train_and_the_base_is_untouched(tiny):
 def test_qlora_trains_bfloat16_adapters_on_an_nf4_base_under_full_remat(tiny):
     m = tiny[0].copy_and_resolve_references()
     m.remat_policy, m.dtype, m.mtp_depth = "full", "bfloat16", 0
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32)))
     params, bias = variables["params"], variables["router_bias"]
     base = quantize_base(params)

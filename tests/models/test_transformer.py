@@ -7,6 +7,7 @@ from flax import linen as nn
 from helpers import lm_batch, tiny_model_config
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.losses import model_loss
+from moe_jax.train.losses import LossWeights
 
 
 def small_config(**kw):
@@ -19,7 +20,7 @@ def small_config(**kw):
 
 def test_forward_shapes_and_stats():
     m = small_config()
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 0, m.vocab_size)
     variables = model.init(jax.random.PRNGKey(1), tokens)
     logits, extras = model.apply(variables, tokens)
@@ -36,7 +37,7 @@ def test_model_is_causal_including_mtp_inputs():
     # With a capacity limit, a later token's first choice can take the slot an earlier
     # token's second choice needed; with room for every assignment the model is causal.
     m = small_config(capacity_factor=4.0)
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (1, 12), 0, m.vocab_size)
     variables = model.init(jax.random.PRNGKey(1), tokens)
     changed = tokens.at[:, 8:].set((tokens[:, 8:] + 1) % m.vocab_size)
@@ -52,13 +53,13 @@ def test_model_is_causal_including_mtp_inputs():
                                      dict(router="softmax", n_group=1, topk_group=1, aux_loss_coef=0.01)])
 def test_variants_run_forward_and_backward(variant):
     m = small_config(**variant)
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     batch = lm_batch(jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, m.vocab_size))
     variables = nn.unbox(model.init(jax.random.PRNGKey(1), batch["inputs"]))
 
     def loss_fn(params):
         logits, extras = model.apply({**variables, "params": params}, batch["inputs"])
-        return model_loss(logits, extras, batch, m)[0]
+        return model_loss(logits, extras, batch, LossWeights.from_config(m))[0]
 
     loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
     assert np.isfinite(float(loss))
@@ -71,8 +72,8 @@ def test_remat_does_not_change_the_loss():
     losses = []
     for policy in ("none", "full", "dots"):
         m = small_config(remat_policy=policy, vocab_size=64)
-        model = Transformer(m)
+        model = Transformer.from_config(m)
         variables = model.init(jax.random.PRNGKey(1), batch["inputs"])
         logits, extras = model.apply(variables, batch["inputs"])
-        losses.append(float(model_loss(logits, extras, batch, m)[0]))
+        losses.append(float(model_loss(logits, extras, batch, LossWeights.from_config(m))[0]))
     np.testing.assert_allclose(losses, losses[0], rtol=1e-6)

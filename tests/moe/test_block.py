@@ -1,5 +1,4 @@
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -7,14 +6,14 @@ from flax import linen as nn
 from helpers import tiny_model_config
 from moe_jax.layers.mlp import swiglu
 from moe_jax.moe import dispatch
-from moe_jax.moe.block import MoEBlock
-from moe_jax.moe.router import BIAS_COLLECTION, route
+from moe_jax.moe.block import MoEBlock, MoEConfig
+from moe_jax.moe.router import BIAS_COLLECTION, RouterConfig, route
 
 
 @pytest.mark.parametrize("engine", ["reference", "capacity"])
 def test_block_is_shared_plus_routed(engine):
     m = tiny_model_config(dispatch=engine, capacity_factor=16.0)
-    block = MoEBlock(m)
+    block = MoEBlock(MoEConfig.from_config(m))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, m.d_model))
     variables = nn.unbox(block.init(jax.random.PRNGKey(1), x))
     bias = jax.random.normal(jax.random.PRNGKey(2), (m.num_experts,)) * 0.1
@@ -23,7 +22,7 @@ def test_block_is_shared_plus_routed(engine):
 
     p = variables["params"]
     tokens = x.reshape(-1, m.d_model)
-    routing = route(tokens @ p["router"]["gate"], m, bias)
+    routing = route(tokens @ p["router"]["gate"], RouterConfig.from_config(m), bias)
     experts = dispatch.ExpertWeights(p["wi_gate"], p["wi_up"], p["wo"])
     routed, _ = dispatch.reference(tokens, routing.expert_index, routing.combine_weights, experts)
     shared = swiglu(tokens, p["shared"]["gate"], p["shared"]["up"], p["shared"]["down"])
@@ -34,7 +33,7 @@ def test_block_is_shared_plus_routed(engine):
 
 def test_block_reports_dropped_fraction():
     m = tiny_model_config(dispatch="capacity", capacity_factor=0.25)
-    block = MoEBlock(m)
+    block = MoEBlock(MoEConfig.from_config(m))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, m.d_model))
     variables = block.init(jax.random.PRNGKey(1), x)
     _, stats = block.apply(variables, x)

@@ -14,7 +14,7 @@ from flax import linen as nn
 
 from helpers import random_experts, tiny_model_config
 from moe_jax.moe import dispatch, expert_parallel
-from moe_jax.moe.block import MoEBlock
+from moe_jax.moe.block import MoEBlock, MoEConfig
 from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION
 from moe_jax.parallel.mesh import make_mesh
 from moe_jax.parallel.sharding import use_mesh
@@ -126,7 +126,7 @@ def test_block_switches_to_expert_parallel_under_an_expert_mesh():
     # The MoE block under jax.set_mesh(expert=4) runs the shard_map path and gives the
     # one-device outputs, dropped fraction and (global) expert loads for the bias rule.
     m = tiny_model_config(dispatch="capacity", capacity_factor=4.0)
-    block = MoEBlock(m)
+    block = MoEBlock(MoEConfig.from_config(m))
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, m.d_model))
     variables = nn.unbox(block.init(jax.random.PRNGKey(1), x))
     variables[BIAS_COLLECTION]["router"]["bias"] = jax.random.normal(jax.random.PRNGKey(2), (m.num_experts,)) * 0.1

@@ -19,12 +19,12 @@ def test_softmax_topk_hand_computed():
     #                    = [0.08714, 0.23688, 0.64391, 0.03206]; top-2 = experts 2, 1.
     logits = jnp.array([[1.0, 2.0, 3.0, 0.0]])
     m = config(num_experts=4, top_k=2, router="softmax", norm_topk_prob=False, routed_scaling=1.0)
-    out = r.route(logits, m)
+    out = r.route(logits, r.RouterConfig.from_config(m))
     np.testing.assert_array_equal(out.expert_index, [[2, 1]])
     np.testing.assert_allclose(out.combine_weights, [[0.643914, 0.236883]], rtol=1e-5)
     # Renormalised: e^3 / (e^3 + e^2) = 1 / (1 + e^-1) = 0.731059, and 0.268941.
     m.norm_topk_prob = True
-    np.testing.assert_allclose(r.route(logits, m).combine_weights, [[0.731059, 0.268941]], rtol=1e-5)
+    np.testing.assert_allclose(r.route(logits, r.RouterConfig.from_config(m)).combine_weights, [[0.731059, 0.268941]], rtol=1e-5)
 
 
 def test_sigmoid_bias_selects_with_bias_weighs_without():
@@ -33,11 +33,11 @@ def test_sigmoid_bias_selects_with_bias_weighs_without():
     # Weights use s alone: [0.268941, 0.880797] / 1.149738 = [0.233915, 0.766085], x 2.5.
     logits = jnp.array([[0.0, 1.0, -1.0, 2.0]])
     m = config(num_experts=4, top_k=2, router="sigmoid_bias", routed_scaling=2.5)
-    out = r.route(logits, m, bias=jnp.array([0.0, 0.0, 3.0, 0.0]))
+    out = r.route(logits, r.RouterConfig.from_config(m), bias=jnp.array([0.0, 0.0, 3.0, 0.0]))
     np.testing.assert_array_equal(out.expert_index, [[2, 3]])
     np.testing.assert_allclose(out.combine_weights, [[0.584788, 1.915212]], rtol=1e-5)
     # Without the bias the top-2 are experts 3 and 1.
-    out = r.route(logits, m, bias=jnp.zeros(4))
+    out = r.route(logits, r.RouterConfig.from_config(m), bias=jnp.zeros(4))
     np.testing.assert_array_equal(out.expert_index, [[3, 1]])
 
 
@@ -46,18 +46,18 @@ def test_bias_changes_choice_not_weights_and_gets_no_gradient():
     logits = jax.random.normal(key, (64, 8))
     m = config(num_experts=8, top_k=2, router="sigmoid_bias", routed_scaling=1.0)
     small = jnp.full((8,), 1e-3)  # too small to change any choice: same weights exactly
-    base = r.route(logits, m, bias=jnp.zeros(8))
-    nudged = r.route(logits, m, bias=small)
+    base = r.route(logits, r.RouterConfig.from_config(m), bias=jnp.zeros(8))
+    nudged = r.route(logits, r.RouterConfig.from_config(m), bias=small)
     np.testing.assert_array_equal(base.expert_index, nudged.expert_index)
     np.testing.assert_array_equal(base.combine_weights, nudged.combine_weights)
     big = jnp.zeros(8).at[5].set(10.0)  # expert 5 is now always chosen...
-    moved = r.route(logits, m, bias=big)
+    moved = r.route(logits, r.RouterConfig.from_config(m), bias=big)
     assert bool(jnp.all(jnp.any(moved.expert_index == 5, axis=1)))
     # ...but its weight is still its unbiased score, renormalised among the chosen.
     scores = jax.nn.sigmoid(logits)
     chosen = jnp.take_along_axis(scores, moved.expert_index, axis=1)
     np.testing.assert_allclose(moved.combine_weights, chosen / chosen.sum(1, keepdims=True), rtol=1e-6)
-    grad = jax.grad(lambda b: r.route(logits, m, bias=b).combine_weights.sum())(big)
+    grad = jax.grad(lambda b: r.route(logits, r.RouterConfig.from_config(m), bias=b).combine_weights.sum())(big)
     np.testing.assert_array_equal(grad, jnp.zeros(8))
 
 
@@ -79,7 +79,7 @@ def test_group_limited_never_leaves_chosen_groups(router_name, group_score):
                topk_group=topk_group, group_score=group_score)
     logits = jax.random.normal(jax.random.PRNGKey(1), (512, num_experts)) * 3
     bias = jax.random.normal(jax.random.PRNGKey(2), (num_experts,)) * 0.3
-    out = r.route(logits, m, bias=bias if router_name == "sigmoid_bias" else None)
+    out = r.route(logits, r.RouterConfig.from_config(m), bias=bias if router_name == "sigmoid_bias" else None)
     # Recompute the allowed groups independently in numpy.
     scores = np.asarray(r.gate_scores(logits, router_name))
     selection = scores + (np.asarray(bias) if router_name == "sigmoid_bias" else 0.0)
@@ -130,7 +130,7 @@ def test_repeated_bias_updates_balance_skewed_router():
     logits = jax.random.normal(jax.random.PRNGKey(3), (num_tokens, num_experts)) + skew
 
     def load_of(bias):
-        return r.expert_counts(r.route(logits, m, bias=bias).expert_index, num_experts)
+        return r.expert_counts(r.route(logits, r.RouterConfig.from_config(m), bias=bias).expert_index, num_experts)
 
     bias = jnp.zeros(num_experts)
     start = float(r.load_imbalance(load_of(bias)))

@@ -17,7 +17,7 @@ SIZES = {"data": 1, "fsdp": 2, "expert": 4, "tensor": 1}
 
 @pytest.fixture(scope="module")
 def specs():
-    model = Transformer(tiny_model_config())
+    model = Transformer.from_config(tiny_model_config())
     optimizer = make_optimizer(default_optimizer_config())
     abstract = jax.eval_shape(lambda rng: create_train_state(model, optimizer, rng, 16), jax.random.PRNGKey(0))
     return abstract, sharding.state_specs(abstract, sharding.abstract_boxed_params(model), SIZES)

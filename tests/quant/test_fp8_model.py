@@ -10,6 +10,7 @@ from helpers import lm_batch, random_experts, tiny_model_config
 from moe_jax.models.transformer import Transformer
 from moe_jax.moe import dispatch, dropless
 from moe_jax.train.losses import model_loss
+from moe_jax.train.losses import LossWeights
 
 # The relative error of one FP8 GEMM is ~0.037 (test_fp8.py); a few chained GEMMs stay
 # well under 0.1, while leaving FP8 off (error ~1e-7) or mis-scaling (error ~1) does not.
@@ -67,17 +68,17 @@ def _small_config(**kw):
 def test_model_switch_changes_logits_by_fp8_error_and_gradients_flow():
     m = _small_config()
     batch = lm_batch(jax.random.randint(jax.random.PRNGKey(0), (2, 17), 0, m.vocab_size))
-    variables = nn.unbox(Transformer(m).init(jax.random.PRNGKey(1), batch["inputs"]))
+    variables = nn.unbox(Transformer.from_config(m).init(jax.random.PRNGKey(1), batch["inputs"]))
     m8 = _small_config(fp8=True)
 
     def loss_and_grads(config):
         def loss_fn(params):
-            logits, extras = Transformer(config).apply({**variables, "params": params}, batch["inputs"])
-            return model_loss(logits, extras, batch, config)[0]
+            logits, extras = Transformer.from_config(config).apply({**variables, "params": params}, batch["inputs"])
+            return model_loss(logits, extras, batch, LossWeights.from_config(config))[0]
         return jax.value_and_grad(loss_fn)(variables["params"])
 
-    logits32, _ = Transformer(m).apply(variables, batch["inputs"])
-    logits8, _ = Transformer(m8).apply(variables, batch["inputs"])
+    logits32, _ = Transformer.from_config(m).apply(variables, batch["inputs"])
+    logits8, _ = Transformer.from_config(m8).apply(variables, batch["inputs"])
     assert 1e-3 < rel(logits8, logits32) < FP8_TOLERANCE
     (loss32, g32), (loss8, g8) = loss_and_grads(m), loss_and_grads(m8)
     assert abs(float(loss8) - float(loss32)) < 0.02 * float(loss32)

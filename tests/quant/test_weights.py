@@ -73,7 +73,7 @@ def _model(**kw):
     base.update(kw)
     m = tiny_model_config(**base)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 0, m.vocab_size)
-    variables = nn.unbox(Transformer(m).init(jax.random.PRNGKey(1), tokens))
+    variables = nn.unbox(Transformer.from_config(m).init(jax.random.PRNGKey(1), tokens))
     params = jax.tree.map(np.asarray, variables["params"])
     return m, tokens, params, jax.tree.map(np.asarray, variables.get("router_bias", {}))
 
@@ -95,7 +95,7 @@ def test_tree_policy_quantises_kernels_and_keeps_norms_and_router_float():
 
 def test_checkpoint_bytes_logits_and_sampler(tmp_path, capsys):
     m, tokens, params, router_bias = _model()
-    logits32, _ = Transformer(m).apply({"params": params, "router_bias": router_bias}, tokens)
+    logits32, _ = Transformer.from_config(m).apply({"params": params, "router_bias": router_bias}, tokens)
     sizes, rels = {}, {}
     for bits in (None, 8, 4):
         out = tmp_path / f"q{bits}"
@@ -105,7 +105,7 @@ def test_checkpoint_bytes_logits_and_sampler(tmp_path, capsys):
         q_params, q_bias, q_config, info = load_quantized(str(out))
         assert info["bits"] == bits and q_config.d_model == m.d_model
         assert jax.tree.structure(q_params) == jax.tree.structure(params)
-        logits, _ = Transformer(m).apply({"params": q_params, "router_bias": q_bias}, tokens)
+        logits, _ = Transformer.from_config(m).apply({"params": q_params, "router_bias": q_bias}, tokens)
         rels[bits] = float(jnp.linalg.norm(logits - logits32) / jnp.linalg.norm(logits32))
     assert rels[None] == 0.0
     # Rounding to steps of s = max|w| / qmax leaves an RMS error of s / sqrt(12) per

@@ -7,9 +7,8 @@ import pytest
 
 from moe_jax.config import load_config
 from moe_jax.models.config import ConfigError
-from moe_jax.models.transformer import Transformer
 from moe_jax.rl import loop
-from moe_jax.train.checkpoint import restore_trained_state
+from moe_jax.train.loader import load_model
 from moe_jax.train.loop import train_and_evaluate
 from moe_jax.train.metrics import read_metrics
 
@@ -49,8 +48,8 @@ def grpo_config(sft_dir, data_dir, extra=()):
 
 
 def final_params(config, workdir):
-    state = restore_trained_state(workdir, Transformer(config.model), log=lambda *_: None)
-    return int(state.step), jax.tree.map(np.asarray, state.params)
+    loaded = load_model(workdir, config.model, log=lambda *_: None)
+    return loaded.step, jax.tree.map(np.asarray, loaded.params)
 
 
 def test_grpo_runs_logs_and_resumes_exactly_after_a_crash(sft_dir, tmp_path):

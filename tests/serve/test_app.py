@@ -10,8 +10,10 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from moe_jax.cli import main
-from moe_jax.serve.runner import ServerThread, build_server
+from moe_jax.cli import build_parser, main
+from moe_jax.cli.serve import load_served
+from moe_jax.data.tokenizer import get_tokenizer
+from moe_jax.serve.runner import ServerThread, serve_model
 
 PROMPTS = ("12+34=", "505-17=")
 MAX_TOKENS = 48
@@ -20,7 +22,11 @@ CONTEXT = 64
 
 @pytest.fixture(scope="module")
 def server(checkpoint):
-    served = build_server(checkpoint, num_slots=4, context=CONTEXT, model_name="micro")
+    # Loaded as `moe-jax serve --checkpoint DIR` loads it.
+    args = build_parser().parse_args(["serve", "--checkpoint", checkpoint])
+    model_config, params, router_bias, tokenizer = load_served(args)
+    served = serve_model(model_config, params, router_bias, get_tokenizer(tokenizer), num_slots=4,
+                         context=CONTEXT, model_name="micro")
     with ServerThread(served.app) as url:
         yield url
     served.engine.stop()

@@ -12,7 +12,8 @@ import pytest
 from moe_jax.cli import main
 from moe_jax.data.tokenizer import CharTokenizer
 from moe_jax.infer.generate import generate
-from moe_jax.serve.loading import load_model
+from moe_jax.quant.weights import dequantize_tree, quantize_tree
+from moe_jax.train.loader import load_model
 
 PROMPTS = ("12+34=", "505-17=", "7=")
 NEW_TOKENS = 24
@@ -62,13 +63,15 @@ def test_exported_artefact_generates_the_samplers_tokens(checkpoint, tmp_path, q
     assert bool(int8) == quantized  # int8 values travel as int8, with their scales
     assert manifest["batch"] == (4 if fixed else None)
 
-    # The in-process sampler on the same weights, as `moe-jax sample` batches the prompts.
-    loaded = load_model(checkpoint, quantize=quantized)
+    # The in-process sampler on the same weights (int8: as `moe-jax quantize --bits 8`
+    # writes them and the loader reads them back), as `moe-jax sample` batches prompts.
+    loaded = load_model(checkpoint, log=lambda *_: None)
+    params = dequantize_tree(quantize_tree(loaded.params, 8, 128)) if quantized else loaded.params
     tok = CharTokenizer()
     encoded = [[tok.bos_id] + tok.encode(p) for p in PROMPTS]
     width = max(map(len, encoded))
     batch = np.array([[tok.pad_id] * (width - len(e)) + e for e in encoded])
-    out = generate(loaded.model_config, loaded.params, loaded.router_bias, batch,
+    out = generate(loaded.model_config, params, loaded.router_bias, batch,
                    np.array([len(e) for e in encoded]), max_new_tokens=NEW_TOKENS,
                    stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
     expected = [np.asarray(out["tokens"][i, :n]).tolist() for i, n in enumerate(out["lengths"])]

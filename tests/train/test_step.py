@@ -8,11 +8,12 @@ from moe_jax.moe.router import BIAS_COLLECTION, LOAD_COLLECTION, update_bias
 from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
+from moe_jax.train.losses import LossWeights
 
 
 def setup(learning_rate=3e-3, **model_overrides):
     m = tiny_model_config(**model_overrides)
-    model = Transformer(m)
+    model = Transformer.from_config(m)
     opt_config = default_optimizer_config()
     opt_config.warmup_steps, opt_config.total_steps, opt_config.learning_rate = 10, 100, learning_rate
     optimizer = make_optimizer(opt_config)
@@ -23,7 +24,7 @@ def setup(learning_rate=3e-3, **model_overrides):
 def test_tiny_model_halves_loss_on_a_repeated_batch_within_100_steps():
     m, model, optimizer, state = setup()
     batch = lm_batch(jax.random.randint(jax.random.PRNGKey(1), (4, 33), 0, m.vocab_size))
-    step = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
+    step = jax.jit(make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate), donate_argnums=0)
     first = None
     for i in range(100):
         state, metrics = step(state, batch, jax.random.PRNGKey(i))
@@ -43,7 +44,7 @@ def test_train_step_updates_router_bias_by_the_rule():
     loads = mutated[LOAD_COLLECTION]
     expected = jax.tree.map(lambda b, l: update_bias(b, l, m.bias_update_rate), state.router_bias, loads)
     before = jax.tree.map(np.asarray, state.router_bias)
-    new_state, _ = jax.jit(make_train_step(model, optimizer))(state, batch, jax.random.PRNGKey(0))
+    new_state, _ = jax.jit(make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate))(state, batch, jax.random.PRNGKey(0))
     for got, want, old in zip(jax.tree.leaves(new_state.router_bias), jax.tree.leaves(expected),
                               jax.tree.leaves(before)):
         np.testing.assert_allclose(got, want, atol=1e-7)
@@ -60,7 +61,7 @@ def test_training_with_the_rule_undoes_a_skewed_bias():
         m, model, optimizer, state = setup(learning_rate=0.0, bias_update_rate=rate)
         skew = jnp.where(jnp.arange(m.num_experts) < 4, 0.15, 0.0)
         state = state.replace(router_bias=jax.tree.map(lambda b: b + skew, state.router_bias))
-        step = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
+        step = jax.jit(make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate), donate_argnums=0)
         rng = np.random.default_rng(0)
         ratios = []
         for i in range(50):

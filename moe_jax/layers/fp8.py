@@ -1,12 +1,15 @@
-"""FP8 training matmuls with DeepSeek-V3's fine-grained scaling.
+"""FP8 block numerics with DeepSeek-V3's fine-grained scaling: the training matmuls and
+the block quantiser that DeepSeek's FP8 checkpoints are read and written with.
 
 Every GEMM operand is float8_e4m3fn times float32 scales, one scale per block:
 
 - activations: one scale per 1 x 128 tile (per token, per 128 channels of the
   contracted axis), so one outlier token or channel group only coarsens its own tile;
 - weights: one scale per 128 x 128 block, the layout of DeepSeek's FP8 checkpoints
-  (`moe_jax.interop.fp8`), which is also a 128 x 128 block of W^T: the backward's
-  dgrad reuses the forward's quantised weight as it is.
+  (W [M, N] as float8_e4m3fn plus `_scale_inv` S [ceil(M/128), ceil(N/128)]), which is
+  also a 128 x 128 block of W^T: the backward's dgrad reuses the forward's quantised
+  weight as it is. `quantize_weight` / `dequantize_weight` convert checkpoint tensors
+  with the same quantiser, one row of blocks at a time.
 
 A block's scale maps its largest magnitude to 448 (e4m3's maximum); an all-zero block
 gets scale 1. Axes that are not multiples of 128 end in a partial block, as in the
@@ -33,27 +36,38 @@ import math
 
 import jax
 import jax.numpy as jnp
-
-from moe_jax.interop.fp8 import BLOCK, FP8_MAX
+import numpy as np
 
 E4M3 = jnp.float8_e4m3fn
+FP8_DTYPE = np.dtype(E4M3)
+FP8_MAX = float(jnp.finfo(E4M3).max)  # 448
+BLOCK = 128
 ACTIVATION_TILE = (1, BLOCK)  # per row, 128 along the contracted (last) axis
 WEIGHT_BLOCK = (BLOCK, BLOCK)
 WGRAD_TILE = (BLOCK, 1)  # 128 rows (tokens) per scale, per column
 
 
-def scale_shape(shape, block) -> tuple[int, ...]:
+def scale_shape(shape, block=(BLOCK, BLOCK)) -> tuple[int, ...]:
     """Scales of a `shape` array quantised in `block`s over its trailing axes."""
     lead = len(shape) - len(block)
     return tuple(shape[:lead]) + tuple(math.ceil(s / b) for s, b in zip(shape[lead:], block))
 
 
+def _array_module(x):
+    """numpy for host arrays, jax.numpy otherwise. Checkpoint conversion stays in numpy:
+    XLA's CPU division is not correctly rounded (x / 448 differs from IEEE in the last
+    bit for about half of all inputs), and a checkpoint's scales must be exactly the
+    ones DeepSeek's own tools compute."""
+    return np if isinstance(x, np.ndarray) else jnp
+
+
 def _blocked(x, block):
     """Pad the trailing len(block) axes to multiples of the block and split each axis a
     into (a / b, b): [..., A, B] -> [..., A/b0, b0, B/b1, b1]."""
+    xp = _array_module(x)
     lead = x.ndim - len(block)
     pads = [(0, 0)] * lead + [(0, -s % b) for s, b in zip(x.shape[lead:], block)]
-    x = jnp.pad(x, pads)
+    x = xp.pad(x, pads)
     split = list(x.shape[:lead])
     for s, b in zip(x.shape[lead:], block):
         split += [s // b, b]
@@ -61,11 +75,12 @@ def _blocked(x, block):
 
 
 def _quantize_blocked(x, block):
-    """-> (q in the `_blocked` layout, scale broadcastable against it, lead)."""
-    xb, lead = _blocked(x.astype(jnp.float32), block)
+    """-> (q in the `_blocked` layout, scale broadcastable against it, the b axes)."""
+    xp = _array_module(x)
+    xb, lead = _blocked(x.astype(np.float32), block)
     inner = tuple(lead + 2 * i + 1 for i in range(len(block)))  # the b axes
-    amax = jnp.max(jnp.abs(xb), axis=inner, keepdims=True)
-    scale = jnp.where(amax > 0, amax / FP8_MAX, 1.0)
+    amax = xp.max(xp.abs(xb), axis=inner, keepdims=True)
+    scale = xp.where(amax > 0, amax / xp.float32(FP8_MAX), xp.float32(1.0))
     return (xb / scale).astype(E4M3), scale, inner
 
 
@@ -81,21 +96,22 @@ def quantize(x, block):
     """x [..., A, B] (block over the trailing axes) -> (q float8_e4m3fn in x's shape,
     scale float32 of `scale_shape`), with x ~= q * scale of its block."""
     q, scale, inner = _quantize_blocked(x, block)
-    return _unblocked(q, x.shape), jnp.squeeze(scale, axis=inner)
+    return _unblocked(q, x.shape), _array_module(x).squeeze(scale, axis=inner)
 
 
-def dequantize(q, scale, block, dtype=jnp.float32):
+def dequantize(q, scale, block, dtype=np.float32):
     """Inverse of `quantize`: q * (its block's scale), computed in float32."""
-    qb, lead = _blocked(q.astype(jnp.float32), block)
+    xp = _array_module(q)
+    qb, lead = _blocked(q.astype(np.float32), block)
     inner = tuple(lead + 2 * i + 1 for i in range(len(block)))
-    return _unblocked(qb * jnp.expand_dims(scale, inner), q.shape).astype(dtype)
+    return _unblocked(qb * xp.expand_dims(scale, inner), q.shape).astype(dtype)
 
 
-def fake_quantize(x, block, dtype=jnp.float32):
+def fake_quantize(x, block, dtype=np.float32):
     """x rounded to the e4m3 grid of its block's scale, as a float array. Stays in the
     blocked layout in between: no scale is ever repeated out to x's size."""
     q, scale, _ = _quantize_blocked(x, block)
-    return _unblocked(q.astype(jnp.float32) * scale, x.shape).astype(dtype)
+    return _unblocked(q.astype(np.float32) * scale, x.shape).astype(dtype)
 
 
 # ----------------------------------------------------------------------------------------
@@ -194,3 +210,37 @@ def activation_rows(a):
 def activation_columns(a):
     """a [T, K] quantised in 128 x 1 tiles along T: a wgrad input contracted over T."""
     return fake_quantize(a, WGRAD_TILE)
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoint tensors (numpy in, numpy out): the quantiser above, in numpy, one row of
+# blocks at a time so that the float32 temporary is 128 x N rather than M x N.
+# ----------------------------------------------------------------------------------------
+
+
+def quantize_weight(weight: np.ndarray, block=WEIGHT_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """[M, N] float -> (float8_e4m3fn [M, N], scale_inv float32 [ceil(M/b0), ceil(N/b1)]):
+    each block's largest magnitude maps to 448, an all-zero block gets scale 1."""
+    rows = weight.shape[0]
+    values, scales = [], []
+    for start in range(0, rows, block[0]):
+        q, s = quantize(np.asarray(weight[start:start + block[0]]), block)
+        values.append(q)
+        scales.append(s.astype(np.float32))
+    return np.concatenate(values), np.concatenate(scales)
+
+
+def dequantize_weight(weight: np.ndarray, scale_inv: np.ndarray, out_dtype=np.float32,
+                      block=WEIGHT_BLOCK) -> np.ndarray:
+    """weight [M, N] (float8) * scale_inv [ceil(M/b0), ceil(N/b1)] per block -> [M, N] in
+    out_dtype, computed in float32 and then cast (DeepSeek's `weight_dequant` does the same)."""
+    if weight.ndim != 2 or tuple(scale_inv.shape) != scale_shape(weight.shape, block):
+        raise ValueError(f"fp8 weight {list(weight.shape)} needs scales of shape "
+                         f"{list(scale_shape(weight.shape, block)) if weight.ndim == 2 else '?'}, "
+                         f"got {list(scale_inv.shape)}")
+    out = np.empty(weight.shape, out_dtype)
+    for i, start in enumerate(range(0, weight.shape[0], block[0])):
+        rows = slice(start, start + block[0])
+        out[rows] = dequantize(np.asarray(weight[rows]), np.asarray(scale_inv[i:i + 1]), block,
+                               dtype=out_dtype)
+    return out

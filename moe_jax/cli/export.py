@@ -1,6 +1,6 @@
-"""`moe-jax export`: a checkpoint as an artefact that runs with jax and numpy alone.
+"""`moe-jax export`: a model as an artefact that runs with jax and numpy alone.
 
-    moe-jax export --checkpoint WORKDIR --config experiments/pretrain_arith.py:tiny \
+    moe-jax export --checkpoint WORKDIR [--config experiments/pretrain_arith.py:tiny] \
         --out ART [--quantized] [--context N] [--batch B --prompt-len P] [--platforms cpu,cuda]
     python ART/generate.py ART "12+34="          # no moe_jax needed
 
@@ -13,29 +13,26 @@ dropless expert dispatch.
 
 from __future__ import annotations
 
-import sys
-
-from moe_jax.serve.loading import add_model_arguments
+from moe_jax.cli.arguments import error
+from moe_jax.cli.serve import INT8_GROUP, add_model_arguments
 
 
 def _export(args) -> int:
+    from moe_jax.cli.serve import load_served
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.serve.export import export_model
-    from moe_jax.serve.loading import load_model
+    from moe_jax.train.checkpoint import CorruptCheckpointError
 
     if (args.batch is None) != (args.prompt_len is None):
-        print("moe-jax export: error: --batch and --prompt-len go together", file=sys.stderr)
-        return 2
+        return error("export", "--batch and --prompt-len go together")
     try:
-        loaded = load_model(args.checkpoint, args.config, args.override)
-        tokenizer = get_tokenizer(args.tokenizer or loaded.tokenizer_name)
-        manifest = export_model(loaded, tokenizer, args.out, quantize=args.quantized,
-                                context=args.context, batch=args.batch,
-                                prompt_len=args.prompt_len,
-                                platforms=tuple(args.platforms.split(",")))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"moe-jax export: error: {e}", file=sys.stderr)
-        return 2
+        model_config, params, router_bias, tokenizer = load_served(args)
+        manifest = export_model(model_config, params, router_bias, get_tokenizer(tokenizer),
+                                args.out, quantize=args.quantized, context=args.context,
+                                batch=args.batch, prompt_len=args.prompt_len,
+                                platforms=tuple(args.platforms.split(",")), group_size=INT8_GROUP)
+    except (FileNotFoundError, ValueError, CorruptCheckpointError) as e:
+        return error("export", e)
     shape = "symbolic" if args.batch is None else f"{args.batch} x {args.prompt_len}"
     print(f"moe-jax export: {args.out} ({len(manifest['weights'])} weight arrays, "
           f"{'int8' if args.quantized else 'float'}, batch x prompt {shape}, context "
@@ -44,7 +41,7 @@ def _export(args) -> int:
 
 
 def add_export_command(subparsers) -> None:
-    s = subparsers.add_parser("export", help="export a checkpoint to StableHLO + weights + manifest")
+    s = subparsers.add_parser("export", help="export a model to StableHLO + weights + manifest")
     add_model_arguments(s)
     s.add_argument("--out", required=True, help="the artefact directory")
     s.add_argument("--quantized", action="store_true",

@@ -13,9 +13,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from moe_jax.interop import fp8 as checkpoint_fp8
 from moe_jax.models.config import ConfigError, base_model_config, validate_model_config
-from moe_jax.quant import fp8
+from moe_jax.layers import fp8
 
 U = 2.0**-4  # e4m3 unit roundoff (3 mantissa bits)
 SUBNORMAL = 2.0**-10  # half the subnormal spacing, in units of the block scale
@@ -68,12 +67,12 @@ def test_weight_blocks_match_the_checkpoint_format():
     # 300 x 260: partial blocks at the bottom and right edges, as in HF FP8 checkpoints.
     w = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (300, 260)))
     q, scale = fp8.quantize(jnp.asarray(w), fp8.WEIGHT_BLOCK)
-    q_ref, scale_ref = checkpoint_fp8.quantize(w)
-    assert scale.shape == checkpoint_fp8.scale_shape(w.shape) == (3, 3)
+    q_ref, scale_ref = fp8.quantize_weight(w)
+    assert scale.shape == fp8.scale_shape(w.shape) == (3, 3)
     np.testing.assert_allclose(scale, scale_ref, rtol=2e-7)
     np.testing.assert_array_equal(np.asarray(q).view(np.uint8), q_ref.view(np.uint8))
     np.testing.assert_allclose(fp8.dequantize(q, scale, fp8.WEIGHT_BLOCK),
-                               checkpoint_fp8.dequantize(q_ref, scale_ref), rtol=1e-6)
+                               fp8.dequantize_weight(q_ref, scale_ref), rtol=1e-6)
 
 
 def test_all_zero_block_gets_scale_one():

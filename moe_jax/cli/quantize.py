@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+
+from moe_jax.cli.arguments import add_config_arguments, error
 
 
 def _bits_list(text: str) -> list[int]:
@@ -42,17 +43,17 @@ def quantize_and_measure(config, checkpoint: str, out: str, bits: list[int], gro
                          num_eval: int, log=print) -> list[dict]:
     """The whole command as a function: one row per checkpoint (float32 first)."""
     from moe_jax.data.tokenizer import get_tokenizer
-    from moe_jax.infer.cli import load_params, resolve_state_dir
-    from moe_jax.quant.checkpoint import load_quantized, save_quantized
+    from moe_jax.quant.checkpoint import save_quantized
     from moe_jax.train.evaluate import exact_match
+    from moe_jax.train.loader import load_model
 
-    state_dir = resolve_state_dir(checkpoint)
-    params, router_bias = load_params(state_dir)
+    loaded = load_model(checkpoint, config.model, log=log)
+    params, router_bias = loaded.params, loaded.router_bias
     rows = []
     for b in [None] + bits:
         name = f"int{b}" if b else "float32"
         directory = os.path.join(out, name)
-        written = save_quantized(directory, params, router_bias, config.model, b, group_size,
+        written = save_quantized(directory, params, router_bias, loaded.model_config, b, group_size,
                                  overwrite=True)
         rows.append({"checkpoint": name, "dir": directory, "bytes": written["bytes"],
                      "quantized_tensors": written["quantized"]})
@@ -60,12 +61,14 @@ def quantize_and_measure(config, checkpoint: str, out: str, bits: list[int], gro
         row["ratio_vs_float32"] = round(rows[0]["bytes"] / row["bytes"], 3)
     if num_eval:
         tokenizer = get_tokenizer(config.data.tokenizer)
-        workdir = os.path.dirname(os.path.dirname(os.path.dirname(state_dir)))
-        source = _held_out(config, workdir)
+        # Held-out problems where training left them, else generated beside the outputs
+        # (never inside a model directory someone else wrote).
+        source = _held_out(config, loaded.path if loaded.source == "workdir" else out)
         e = config.eval
         for row in rows:
-            q_params, q_bias, _, _ = load_quantized(row["dir"])
-            accuracy, count, _ = exact_match(config.model, q_params, q_bias, source, tokenizer,
+            written = load_model(row["dir"], log=log)  # read back: what a user of it would get
+            accuracy, count, _ = exact_match(written.model_config, written.params, written.router_bias,
+                                             source, tokenizer,
                                              task=config.data.task, num_examples=num_eval,
                                              batch_size=e.batch_size, max_new_tokens=e.max_new_tokens)
             row["exact_match"], row["eval_examples"] = accuracy, count
@@ -75,6 +78,7 @@ def quantize_and_measure(config, checkpoint: str, out: str, bits: list[int], gro
 
 def _quantize(args) -> int:
     from moe_jax.config import load_config
+    from moe_jax.train.checkpoint import CorruptCheckpointError
 
     try:
         bits = _bits_list(args.bits)
@@ -83,9 +87,8 @@ def _quantize(args) -> int:
         config = load_config(args.config, args.override)
         rows = quantize_and_measure(config, args.checkpoint, args.out, bits, args.group_size,
                                     args.eval, log=(lambda *_: None) if args.json else print)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"moe-jax quantize: error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError, CorruptCheckpointError) as e:
+        return error("quantize", e)
     if args.json:
         print(json.dumps({"group_size": args.group_size, "checkpoints": rows}))
         return 0
@@ -98,15 +101,13 @@ def _quantize(args) -> int:
 
 def add_quantize_command(subparsers) -> None:
     q = subparsers.add_parser("quantize", help="int8/int4 weight-only checkpoints, bytes and accuracy")
-    q.add_argument("--config", required=True, help="config file, optionally path.py:variant")
-    q.add_argument("--checkpoint", required=True, help="workdir, checkpoints dir, step dir or state dir")
+    add_config_arguments(q)
+    q.add_argument("--checkpoint", required=True, help="training workdir or model directory")
     q.add_argument("--out", required=True, help="directory for float32/, int8/, int4/")
     q.add_argument("--bits", default="8,4", help="comma-separated widths: 8, 4 (default 8,4)")
     q.add_argument("--group-size", type=int, default=128,
                    help="entries per scale along a weight's input axis (fewer when the axis is shorter)")
     q.add_argument("--eval", type=int, default=0, metavar="N",
                    help="held-out exact match on N problems for every checkpoint (0: skip)")
-    q.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field (repeatable)")
     q.add_argument("--json", action="store_true", help="one JSON object with every figure")
     q.set_defaults(func=_quantize)

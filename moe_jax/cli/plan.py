@@ -7,8 +7,8 @@ Prints, per device, the bytes of parameters, gradients and AdamW state (two floa
 moments, plus a float32 master copy when the params are not float32) under the
 sharding rules of `moe_jax.parallel.sharding`, from abstract shapes on an AbstractMesh:
 no device is needed and nothing is allocated. `--json` prints one object with exact
-byte counts. The arithmetic lives in `moe_jax.parallel.memory`; this module only holds
-the command line, so that importing `moe_jax.cli` stays cheap.
+byte counts. The arithmetic lives in `moe_jax.parallel.memory`; this module holds the
+command line.
 
 `--qlora` plans a one-device QLoRA fine-tune instead (NF4 base, bfloat16 adapters,
 float32 Adam moments for the adapters only, activations under full remat at the
@@ -18,12 +18,17 @@ given batch and length); that arithmetic lives with the adapters, in
 
 from __future__ import annotations
 
+import json
+import time
+
+from moe_jax.cli.arguments import add_config_arguments
+
 
 def add_plan_command(subparsers) -> None:
     """Register `plan` on the `moe-jax` subparsers."""
     p = subparsers.add_parser(
         "plan", help="per-device bytes of params, grads and AdamW state on a mesh (no allocation)")
-    p.add_argument("--config", required=True, help="config file, optionally path.py:variant")
+    add_config_arguments(p)
     p.add_argument("--mesh", default=None,
                    help="comma-separated AXIS=SIZE over data, fsdp, expert, tensor, e.g. "
                         "data=1,fsdp=32,expert=8,tensor=1; missing axes are 1; one size may be "
@@ -31,8 +36,6 @@ def add_plan_command(subparsers) -> None:
     p.add_argument("--devices", type=int, default=None,
                    help="total device count (default: the product of the --mesh sizes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field, e.g. model.param_dtype=bfloat16 (repeatable)")
     q = p.add_argument_group("QLoRA fine-tune on one device")
     q.add_argument("--qlora", action="store_true",
                    help="plan a QLoRA fine-tune (NF4 base, adapters) instead of full training")
@@ -48,11 +51,40 @@ def add_plan_command(subparsers) -> None:
 
 def _plan(args) -> int:
     if args.qlora:
-        from moe_jax.lora.memory import run_qlora_plan
-
-        return run_qlora_plan(args)
+        return _qlora_plan(args)
     if args.mesh is None:
         raise SystemExit("moe-jax plan: --mesh is required (e.g. --mesh fsdp=8) unless --qlora")
-    from moe_jax.parallel.memory import run_plan_command
+    from moe_jax.config import load_config
+    from moe_jax.parallel.memory import format_plan, memory_plan
+    from moe_jax.parallel.mesh import parse_mesh_spec
 
-    return run_plan_command(args)
+    start = time.time()
+    config = load_config(args.config, args.override)
+    plan = memory_plan(config.model, parse_mesh_spec(args.mesh), args.devices)
+    plan["seconds"] = round(time.time() - start, 2)
+    if args.json:
+        print(json.dumps(dict(plan, config=args.config)))
+    else:
+        print(format_plan(plan, f"{args.config}: "))
+    return 0
+
+
+def _qlora_plan(args) -> int:
+    from moe_jax.config import load_config
+    from moe_jax.lora.adapters import default_lora_config
+    from moe_jax.lora.memory import PLAN_TARGETS, format_qlora_plan, qlora_memory_plan, unplanned_expert_note
+
+    config = load_config(args.config, args.override)
+    lora = default_lora_config()
+    lora.rank = args.lora_rank
+    lora.alpha = 2.0 * args.lora_rank
+    lora.targets = args.lora_targets.split(",") if args.lora_targets else list(PLAN_TARGETS)
+    plan = qlora_memory_plan(config.model, lora, batch_size=args.batch_size, seq_len=args.seq_len)
+    if args.json:
+        print(json.dumps(dict(plan, config=args.config)))
+        return 0
+    print(format_qlora_plan(plan, f"{args.config}: "))
+    note = unplanned_expert_note(config.model, lora, plan)
+    if note:
+        print(note)
+    return 0
