@@ -52,3 +52,22 @@ def save_untrained_grm(directory, max_new_tokens=8):
     save_converted(str(directory), params, router_bias, grm)
     with open(os.path.join(directory, GRM_SPEC_FILE), "w") as f:
         json.dump({"max_new_tokens": max_new_tokens}, f)
+
+
+def tiny_char_model(seed=0):
+    """A micro model (random weights) whose vocabulary is exactly the char tokenizer's,
+    so every id it can draw decodes: -> (model config, params, router_bias)."""
+    import jax
+    from flax import linen as nn
+
+    from moe_jax.data.tokenizer import CharTokenizer
+    from moe_jax.models.transformer import Transformer
+
+    m = load_config("configs/tiny.py").model
+    m.update(d_model=32, num_layers=2, dense_ffn=64, num_heads=2, q_lora_rank=16, kv_lora_rank=16,
+             qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, num_experts=4, expert_ffn=16,
+             top_k=2, n_group=1, topk_group=1, mtp_depth=0, dispatch="dropless",
+             vocab_size=CharTokenizer().vocab_size)
+    variables = nn.unbox(jax.jit(Transformer.from_config(m).init)(jax.random.PRNGKey(seed),
+                                                                  jnp.zeros((1, 4), jnp.int32)))
+    return m, variables["params"], variables.get("router_bias", {})

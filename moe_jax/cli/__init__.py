@@ -6,6 +6,8 @@
     moe-jax convert --from-hf HF_DIR --to CKPT | --from-ckpt CKPT --to-hf HF_DIR
     moe-jax sample --checkpoint WORKDIR --prompt "12+34=" [--temperature 0.7]
     moe-jax quantize --config X --checkpoint WORKDIR --out QROOT [--bits 8,4] [--eval 500]
+    moe-jax serve --checkpoint WORKDIR [--port 8000] [--max-batch 8] [--quantized]
+    moe-jax export --checkpoint WORKDIR --out ART [--quantized]
 
 Every subcommand that takes --config also takes overrides of its fields as
 `--config.model.num_experts=16`, as `python -m moe_jax.main` does (`--override
@@ -21,13 +23,15 @@ import sys
 
 from moe_jax.cli.convert import add_convert_command
 from moe_jax.cli.demo import add_demo_command
+from moe_jax.cli.export import add_export_command
 from moe_jax.cli.params import add_params_command
 from moe_jax.cli.plan import add_plan_command
 from moe_jax.cli.quantize import add_quantize_command
 from moe_jax.cli.sample import add_sample_command
+from moe_jax.cli.serve import add_serve_command
 
 COMMANDS = (add_params_command, add_demo_command, add_plan_command, add_convert_command,
-            add_sample_command, add_quantize_command)
+            add_sample_command, add_quantize_command, add_serve_command, add_export_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -96,12 +96,16 @@ def integer_values(qt: QuantizedTensor) -> np.ndarray:
     return qt.values.reshape(moved)
 
 
-def dequantize(qt: QuantizedTensor, dtype=np.float32) -> np.ndarray:
-    """values * scale of their group, computed in float32, in the original layout."""
+def dequantize(qt: QuantizedTensor, dtype=np.float32, xp=np) -> np.ndarray:
+    """values * scale of their group, computed in float32, in the original layout.
+
+    xp=jax.numpy dequantises int8 values and scales inside a traced function (an
+    exported artefact keeps int8 weights); int4 unpacking is numpy only.
+    """
     q = integer_values(qt).astype(np.float32)  # [..., L]
     length = q.shape[-1]
-    per_entry = np.repeat(qt.scales, qt.group, axis=-1)[..., :length]
-    return np.moveaxis(q * per_entry, -1, qt.axis).astype(dtype)
+    per_entry = xp.repeat(qt.scales, qt.group, axis=-1)[..., :length]
+    return xp.moveaxis(q * per_entry, -1, qt.axis).astype(dtype)
 
 
 def nbytes(qt: QuantizedTensor) -> int:
