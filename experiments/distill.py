@@ -32,12 +32,14 @@ import ml_collections
 
 from moe_jax.jobs import recipes
 
+VARIANTS = ("tiny", "runlocal", "arith")
+
 
 def get_config(arg=None):
     variant = arg or "tiny"
     small = variant == "runlocal"
-    if variant not in ("tiny", "runlocal", "arith"):
-        raise ValueError(f"variant {variant!r}: expected one of tiny, runlocal, arith")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
     c = recipes.shift("tiny" if variant == "arith" else variant)
     del c.data["shifted_difficulty"]
     if variant == "arith":  # the README's main job is the teacher: same model, data, batch

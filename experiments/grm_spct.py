@@ -33,6 +33,7 @@ Variants:
          python -m moe_jax.main --config=experiments/pretrain_arith.py:tiny --workdir=runs/arith
          python -m moe_jax.main --config=experiments/grm_spct.py:tiny_main --workdir=runs/grm_main \\
              --config.grm.init_from=runs/arith
+  runlocal  every phase at toy sizes in about a minute: a smoke run of the plumbing
   hf     one accelerator, starting from an imported Hugging Face DeepSeek checkpoint:
          moe-jax convert --from-hf HF_DIR --to CKPT, then
          --config.grm.init_from=CKPT --config.data.tokenizer=HF_DIR/tokenizer.json
@@ -43,7 +44,7 @@ import ml_collections
 
 from moe_jax.jobs import recipes
 
-VARIANTS = ("tiny", "tiny_main", "hf")
+VARIANTS = ("tiny", "tiny_main", "hf", "runlocal")
 
 
 def _tiny_model(m):
@@ -59,6 +60,8 @@ def get_config(arg=None):
     variant = arg or "tiny"
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
+    if variant == "runlocal":
+        return _runlocal()
     tiny = variant in ("tiny", "tiny_main")
     c = recipes.arithmetic("tiny" if tiny else "small")
     c.job = "grm_spct"
@@ -175,8 +178,8 @@ def get_config(arg=None):
     return c
 
 
-def smoke_config():
-    """Every phase, tiny sizes: what tests/grm runs (about a minute on 2 cores)."""
+def _runlocal():
+    """Every phase, tiny sizes: the smoke run tests/grm makes (about a minute on 2 cores)."""
     c = get_config("tiny")
     c.model.d_model, c.model.num_layers, c.model.num_experts = 32, 2, 2
     c.model.dense_ffn = c.model.expert_ffn = 32

@@ -28,11 +28,13 @@ import ml_collections
 from moe_jax.jobs import recipes
 from moe_jax.lora.adapters import default_lora_config
 
+VARIANTS = ("tiny", "runlocal", "arith")
+
 
 def get_config(arg=None):
     variant = arg or "tiny"
-    if variant not in ("tiny", "runlocal", "arith"):
-        raise ValueError(f"variant {variant!r}: expected one of tiny, runlocal, arith")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: expected one of {VARIANTS}")
     if variant == "arith":
         return _arith_config()
     c = recipes.shift(variant)

@@ -13,6 +13,8 @@ Variants: `tiny` (2 CPU cores, a few minutes), `small` and `base` (one accelerat
 
 from moe_jax.jobs import recipes
 
+VARIANTS = recipes.ARITHMETIC_VARIANTS
+
 
 def get_config(arg=None):
     """The recipe lives in moe_jax.jobs.recipes.arithmetic, which the experiments that

@@ -1,0 +1,35 @@
+"""moe_jax: DeepSeek-style sparse Mixture-of-Experts models and their post-training in JAX.
+
+Read it bottom-up; each row imports only from rows above it (and within its own
+subpackage), lazy imports inside functions included (tests/test_layering.py checks):
+
+    layers/     norms, RoPE + YaRN, SwiGLU, Multi-head Latent Attention, FP8 block numerics
+    moe/        router, dispatch engines, grouped matmul, expert parallelism (the one shard_map), block
+    models/     model config + validation, presets, the decoder (dense-first, scanned MoE, MTP),
+                parameter roles (what each weight is: quantisation, LoRA and HF names read them)
+    config.py   experiment files and presets by spec, `--config.x=y` overrides
+    data/ parallel/ infer/ interop/
+                tasks, tokenizers, TFDS, grain | mesh, sharding rules, multi-host |
+                MLA cache, sampler, continuous batching | HF safetensors in and out, model dirs
+    quant/      int8/int4 weights and their export format
+    train/      TrainState, the pure step, the training loop, checkpoints, metrics, figures,
+                and the one loader of a finished run's model (train/loader.py)
+    lora/ distill/
+    rl/         GRPO family: losses, rollouts, learner, loop
+    grm/        the generative reward model (SPCT) and its inference-time scaling
+    jobs/ serve/ analysis/
+                named runs and the recipes experiments build on | OpenAI-compatible server,
+                exported artefacts | reading finished runs
+    main.py cli/  python -m moe_jax.main, the moe-jax command
+
+Two changes to the plainest order, on purpose: quant/ sits below train/ because the one
+loader reads quantised exports (and quant/ needs nothing of training), and rl/ sits below
+grm/ because the GRM is itself trained with GRPO, so peers in a row never import each
+other. LAYERS below is the order as data.
+"""
+
+LAYERS = (
+    ("layers",), ("moe",), ("models",), ("config",), ("data", "parallel", "infer", "interop"),
+    ("quant",), ("train",), ("lora", "distill"), ("rl",), ("grm",), ("jobs", "serve", "analysis"),
+    ("main", "cli"),
+)

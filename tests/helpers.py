@@ -1,5 +1,7 @@
 """Small builders shared by tests."""
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -71,3 +73,23 @@ def tiny_char_model(seed=0):
     variables = nn.unbox(jax.jit(Transformer.from_config(m).init)(jax.random.PRNGKey(seed),
                                                                   jnp.zeros((1, 4), jnp.int32)))
     return m, variables["params"], variables.get("router_bias", {})
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_ONLY = None
+
+
+def outside_env(**extra):
+    """The environment of a process started in another directory, as after an install:
+    this checkout's `moe_jax` importable and nothing else of the repository (not its
+    experiments/, configs/ or tests/), so a reference to a path relative to the
+    repository fails there as it would for a user."""
+    global _PACKAGE_ONLY
+    if _PACKAGE_ONLY is None:
+        import tempfile
+
+        _PACKAGE_ONLY = tempfile.mkdtemp(prefix="moe_jax_package_only_")
+        os.symlink(os.path.join(REPO, "moe_jax"), os.path.join(_PACKAGE_ONLY, "moe_jax"))
+    env = dict(os.environ, PYTHONPATH=_PACKAGE_ONLY, **extra)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env

@@ -63,7 +63,8 @@ def _sample(args) -> int:
     out = generate(model_config, params, router_bias, prompts, [len(ids) for ids in encoded],
                    max_new_tokens=args.max_new_tokens, rng=jax.random.PRNGKey(args.seed),
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+                   stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
+                   vocab_limit=min(tokenizer.vocab_size, model_config.vocab_size))
     tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
     logprobs = np.asarray(out["logprobs"])
     for row, prompt in enumerate(args.prompt):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from moe_jax.analysis.figures import new_axes, save
+from moe_jax.train.figures import new_axes, save
 
 
 def plot_scaling(results: dict, path: str, title: str = "GRM inference-time scaling"):

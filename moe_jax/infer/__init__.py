@@ -6,5 +6,4 @@
     greedy.py    full-recompute greedy decoding: the reference the cache is tested against
     slots.py     decode slots: independent rows over one latent cache (prefill_slot, decode_slots)
     engine.py    continuous batching over the slots, per-request sampling and stop strings
-    cli.py       `moe-jax sample`
 """

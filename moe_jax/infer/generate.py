@@ -109,9 +109,9 @@ def decode_step(model_config, params, router_bias, cache: KVCache, tokens):
 
 @functools.partial(jax.jit, static_argnames=(
     "m", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id",
-    "cache_dtype"))
+    "cache_dtype", "vocab_limit"))
 def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max_new_tokens,
-              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype):
+              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype, vocab_limit):
     batch, prompt_len = prompt_tokens.shape
     cache = init_cache(m, batch, prompt_len + max_new_tokens, cache_dtype)
     logits, cache = _prefill(m, params, router_bias, cache, prompt_tokens, prompt_lengths)
@@ -119,6 +119,8 @@ def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max
 
     def choose(step, logits, done):
         """Sample from logits [B, V]; rows already done get pad_id and log-prob 0."""
+        if vocab_limit is not None:  # ids padding the table past the tokenizer: never drawn
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
         token = sample_tokens(logits, jax.random.fold_in(rng, step), temperature=temperature,
                               top_k=top_k, top_p=top_p)
         logprob = token_logprobs(logits, token)
@@ -154,7 +156,8 @@ def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max
 
 def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *,
              max_new_tokens: int, rng=None, temperature: float = 0.0, top_k: int = 0,
-             top_p: float = 1.0, stop_tokens=(), pad_id: int = 0, cache_dtype=None):
+             top_p: float = 1.0, stop_tokens=(), pad_id: int = 0, cache_dtype=None,
+             vocab_limit: int | None = None):
     """Sample up to `max_new_tokens` per left-padded prompt, all in one jit.
 
     Returns a dict:
@@ -163,7 +166,10 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
       logprobs float32 [B, N] log-prob of each chosen token under the model at
                               temperature 1, no top-k/top-p (what GRPO needs); 0 after done
       finished bool [B]       the row produced a stop token
-    temperature 0 is greedy; the same rng gives the same tokens.
+    temperature 0 is greedy; the same rng gives the same tokens. vocab_limit: draw only
+    ids below it (the tokenizer's size, when the embedding table is padded past it), as
+    the serving engine does; None draws from the whole table, as evaluation does, where
+    an id no tokenizer can decode counts as a wrong answer.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -174,4 +180,5 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
                      max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                      top_k=int(top_k), top_p=float(top_p),
                      stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
-                     cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name)
+                     cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
+                     vocab_limit=None if vocab_limit is None else int(vocab_limit))

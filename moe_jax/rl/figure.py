@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from moe_jax.analysis.figures import new_axes, save
+from moe_jax.train.figures import new_axes, save
 from moe_jax.train.metrics import read_metrics
 
 

@@ -1,11 +1,16 @@
 """Smoke test of experiments/distill.py (the `distill` job) on its `runlocal` variant."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 
+from helpers import REPO, outside_env
 from moe_jax.config import load_config, load_experiment
-from moe_jax.jobs import distill, run_experiment
+from moe_jax.jobs import distill
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
@@ -18,9 +23,14 @@ quiet = dict(log=lambda *_: None)
 def test_distill_runlocal_reports_teacher_scratch_and_distilled(tmp_path):
     module, config = load_experiment("experiments/distill.py:runlocal")
     assert config.job == "distill" and not hasattr(module, "run")
-    summary = run_experiment(module, config, str(tmp_path), **quiet)
-    d = summary.details
-    assert summary.job == "distill" and summary.value == d["distilled_exact_match"]
+    # As a user runs it, from another directory.
+    out = subprocess.run([sys.executable, "-m", "moe_jax.main", f"--config={REPO}/experiments/distill.py:runlocal",
+                          f"--workdir={tmp_path}"], cwd=tmp_path.parent, env=outside_env(),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.load(open(tmp_path / "summary.json"))
+    d = summary["details"]
+    assert summary["job"] == "distill" and summary["value"] == d["distilled_exact_match"]
     assert d["student_params"] < d["teacher_params"]
     for key in ("teacher_exact_match", "scratch_exact_match", "distilled_exact_match"):
         assert 0.0 <= d[key] <= 1.0

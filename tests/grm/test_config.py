@@ -38,14 +38,9 @@ def test_the_experiment_configs_validate():
 
 
 def test_trajectories_longer_than_the_sampling_budget_fail_before_training(tmp_path):
-    import importlib.util
-
     from moe_jax.grm.pipeline import train_and_evaluate_grm
 
-    spec = importlib.util.spec_from_file_location("grm_spct", "experiments/grm_spct.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.smoke_config()
+    config = load_config("experiments/grm_spct.py:runlocal")
     config.grm.policy_train_sets = 0  # no policy to train before the check
     config.grm.max_new_tokens = 60  # the verdict teacher writes up to 137 tokens here
     with pytest.raises(ConfigError, match="grm.max_new_tokens"):
@@ -54,14 +49,9 @@ def test_trajectories_longer_than_the_sampling_budget_fail_before_training(tmp_p
 
 
 def test_hinted_inputs_longer_than_the_prompt_budget_fail_before_training(tmp_path):
-    import importlib.util
-
     from moe_jax.grm.pipeline import train_and_evaluate_grm
 
-    spec = importlib.util.spec_from_file_location("grm_spct", "experiments/grm_spct.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.smoke_config()
+    config = load_config("experiments/grm_spct.py:runlocal")
     config.grm.policy_train_sets = 0
     config.grm.prompt_len = 56  # fits every input (at most 52 tokens), not a hinted one (61)
     with pytest.raises(ConfigError, match="grm.prompt_len"):

@@ -27,7 +27,7 @@ def test_sample_prints_the_completion(tmp_path, capsys, tiny_model):
     prompt = [tok.bos_id] + tok.encode("12+34=")
     out = generate(tiny_model["m"], tiny_model["params"], tiny_model["router_bias"], np.array([prompt]),
                    np.array([len(prompt)]), max_new_tokens=6, stop_tokens=(tok.eos_id,),
-                   pad_id=tok.pad_id)
+                   pad_id=tok.pad_id, vocab_limit=tok.vocab_size)
     n = int(out["lengths"][0])
     assert line["prompt"] == "12+34=" and line["tokens"] == n
     assert line["completion"] == tok.decode(np.asarray(out["tokens"][0, :n]).tolist())

@@ -1,7 +1,12 @@
 """Smoke test of experiments/lora_shift.py (the `lora` job) on its `runlocal` variant."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 
+from helpers import REPO, outside_env
 from moe_jax.config import load_config, load_experiment
 from moe_jax.jobs import run_experiment
 
@@ -12,12 +17,17 @@ quiet = dict(log=lambda *_: None)
 def test_lora_shift_runlocal_reports_both_accuracies_and_optimizer_bytes(tmp_path):
     module, config = load_experiment("experiments/lora_shift.py:runlocal")
     assert config.job == "lora"
-    summary = run_experiment(module, config, str(tmp_path), **quiet)
-    d = summary.details
+    # As a user runs it, from another directory.
+    out = subprocess.run([sys.executable, "-m", "moe_jax.main", f"--config={REPO}/experiments/lora_shift.py:runlocal",
+                          f"--workdir={tmp_path / 'run'}"], cwd=tmp_path, env=outside_env(),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "after LoRA" in out.stdout.splitlines()[-1]
+    d = json.load(open(tmp_path / "run" / "summary.json"))["details"]
     for key in ("full_exact_match", "lora_exact_match", "trainable_fraction"):
         assert 0.0 <= d[key] <= 1.0
     assert 0 < d["lora_optimizer_bytes"] < d["full_optimizer_bytes"] / 2
-    assert (tmp_path / "summary.json").exists() and (tmp_path / "pretrained" / "model_config.json").is_file()
+    assert (tmp_path / "run" / "pretrained" / "model_config.json").is_file()
     assert len(module.sweep()) == 5
 
 

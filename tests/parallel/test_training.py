@@ -1,7 +1,7 @@
 """A 3-step run of the tiny model gives the one-device losses on every mesh layout, and
 on two processes joined by jax.distributed.
 
-Both run `python -m moe_jax.parallel.selftest` in subprocesses: the two-process run
+Both run `python -m moe_jax.train.selftest` in subprocesses: the two-process run
 needs its own processes anyway, and there XLA's CPU backend can compile at LLVM
 optimisation level 0 (--xla_backend_optimization_level=0), which roughly halves the
 compile time of the tiny model's train step on a 2-core machine; the losses agree with
@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 
-from moe_jax.parallel.selftest import LAYOUTS
+from moe_jax.train.selftest import LAYOUTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST_COMPILE = "--xla_backend_optimization_level=0"
@@ -26,7 +26,7 @@ TIMEOUT_S = 300
 
 
 def selftest_command(*args):
-    return [sys.executable, "-u", "-m", "moe_jax.parallel.selftest", *args]
+    return [sys.executable, "-u", "-m", "moe_jax.train.selftest", *args]
 
 
 def selftest_env(devices):

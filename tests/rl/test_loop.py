@@ -1,16 +1,20 @@
 """The GRPO loop end to end on a micro model: SFT -> GRPO, the logged quantities, and
 exact resume after a crash mid-run."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 
+from helpers import REPO, outside_env
 from moe_jax.config import load_config
 from moe_jax.models.config import ConfigError
 from moe_jax.jobs import grpo as grpo_job
 from moe_jax.rl import loop
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import train_and_evaluate
 from moe_jax.train.metrics import read_metrics
 
 MICRO = [
@@ -34,12 +38,23 @@ class Crash(RuntimeError):
     pass
 
 
+def run_main(spec, workdir, overrides):
+    """python -m moe_jax.main as a user runs it, from a directory outside the repository."""
+    cmd = [sys.executable, "-m", "moe_jax.main", f"--config={REPO}/experiments/{spec}",
+           f"--workdir={workdir}", *[f"--config.{o}" for o in overrides]]
+    out = subprocess.run(cmd, cwd=os.path.dirname(workdir), env=outside_env(), capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("sft"))
-    config = load_config("experiments/sft_reasoning.py:tiny",
-                         MICRO + ["train.steps=4", "train.batch_size=4", "train.checkpoint_every=4"])
-    train_and_evaluate(config, workdir, log=lambda *_: None)
+    """experiments/sft_reasoning.py:tiny at micro sizes."""
+    workdir = str(tmp_path_factory.mktemp("sft") / "run")
+    stdout = run_main("sft_reasoning.py:tiny", workdir,
+                      MICRO + ["train.steps=4", "train.batch_size=4", "train.checkpoint_every=4"])
+    assert "held-out exact match" in stdout.splitlines()[-1]
     return workdir
 
 
@@ -137,3 +152,14 @@ def test_grpo_runs_with_the_grm_as_its_reward(sft_dir, tmp_path):
         assert 0.0 <= records[step]["reward"] <= 1.0  # scores rescaled from 1..10
         assert 0.0 <= records[step]["correct"] <= 1.0  # the verifier, reported alongside
         assert np.isfinite(records[step]["loss"])
+
+
+def test_grpo_experiment_runs_from_another_directory(sft_dir, tmp_path):
+    """experiments/grpo_reasoning.py:tiny through python -m moe_jax.main: the grpo job
+    starts from the SFT run, evaluates, takes a step and prints its headline."""
+    workdir = str(tmp_path / "grpo")
+    stdout = run_main("grpo_reasoning.py:tiny", workdir,
+                      MICRO + GRPO + [f"rl.init_from={sft_dir}", "train.steps=1",
+                                      f"data.data_dir={tmp_path / 'data'}"])
+    assert "held-out exact match" in stdout.splitlines()[-1]
+    assert read_metrics(workdir)[1]["reward"] >= 0.0

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from helpers import REPO, outside_env
 from moe_jax.config import load_config
 from moe_jax.models.config import ConfigError
 from moe_jax.train import loop
@@ -29,9 +30,16 @@ MICRO = [
 
 
 def main_command(workdir, data_dir, extra=()):
+    """The README's main job at micro sizes, as a user runs it from another directory
+    (run it with cwd=OUTSIDE, env=outside_env())."""
     flags = [f"--config.{o}" for o in MICRO + [f"data.data_dir={data_dir}", *extra]]
     return [sys.executable, "-u", "-m", "moe_jax.main",
-            "--config=experiments/pretrain_arith.py:tiny", f"--workdir={workdir}", *flags]
+            f"--config={REPO}/experiments/pretrain_arith.py:tiny", f"--workdir={workdir}", *flags]
+
+
+def run_main(workdir, data_dir, extra=(), **kwargs):
+    return subprocess.run(main_command(workdir, data_dir, extra), cwd=os.path.dirname(workdir),
+                          env=outside_env(), **kwargs)
 
 
 def final_params(workdir, step=12):
@@ -48,11 +56,12 @@ def losses(workdir):
 def test_sigkill_resume_is_exact_and_corrupt_checkpoints_fall_back(tmp_path):
     data_dir = str(tmp_path / "data")
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
-    subprocess.run(main_command(reference, data_dir), check=True, capture_output=True)
+    run_main(reference, data_dir, check=True, capture_output=True)
 
     # Kill the second run at a random step once a checkpoint has been finalised.
     kill_at = random.Random().randint(4, 10)
-    proc = subprocess.Popen(main_command(killed, data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(main_command(killed, data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=tmp_path, env=outside_env())
     deadline = time.time() + 300
 
     def finalised():
@@ -66,7 +75,7 @@ def test_sigkill_resume_is_exact_and_corrupt_checkpoints_fall_back(tmp_path):
     proc.wait()
     assert max(losses(killed)) < 12, "the run finished before it could be killed"
 
-    out = subprocess.run(main_command(killed, data_dir), check=True, capture_output=True, text=True)
+    out = run_main(killed, data_dir, check=True, capture_output=True, text=True)
     assert "resumed from step" in out.stdout + out.stderr
     assert losses(killed) == losses(reference)  # every step, bit for bit
     for a, b in zip(jax.tree.leaves(final_params(killed)), jax.tree.leaves(final_params(reference))):
@@ -80,7 +89,7 @@ def test_sigkill_resume_is_exact_and_corrupt_checkpoints_fall_back(tmp_path):
     with open(victim, "r+b") as f:
         f.truncate(os.path.getsize(victim) // 2)
     step9 = {f: open(os.path.join(r, f), "rb").read() for r, _, fs in os.walk(os.path.join(ckpt, "9")) for f in fs}
-    out = subprocess.run(main_command(killed, data_dir), check=True, capture_output=True, text=True)
+    out = run_main(killed, data_dir, check=True, capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert "checkpoint at step 12 is corrupt" in text and "resumed from step 9" in text, text[-2000:]
     assert os.listdir(os.path.join(killed, "corrupt"))
@@ -116,11 +125,13 @@ def test_missing_dataset_field_fails_before_any_model_work(tmp_path, monkeypatch
 
 def test_bad_config_fails_at_once_naming_the_field(tmp_path):
     start = time.time()
-    out = subprocess.run(main_command(str(tmp_path), str(tmp_path / "data"), ["model.top_k=99"]),
-                         capture_output=True, text=True)
-    assert out.returncode != 0
+    out = run_main(str(tmp_path / "run"), str(tmp_path / "data"), ["model.top_k=99"],
+                   capture_output=True, text=True)
+    assert out.returncode == 2
+    # One line naming the field and what it may be; no traceback.
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
     assert "model.top_k" in out.stderr and "expected" in out.stderr
-    assert not os.path.exists(tmp_path / "checkpoints")
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
     assert time.time() - start < 60
 
 

@@ -3,11 +3,11 @@ expert parallelism and multi-host start-up give the one-device numbers.
 
 One process, 8 simulated CPU devices:
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -u -m moe_jax.parallel.selftest --layout ep_data
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -u -m moe_jax.train.selftest --layout ep_data
 
 Two processes with 4 devices each (run both; PORT free on 127.0.0.1):
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python -u -m moe_jax.parallel.selftest \\
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python -u -m moe_jax.train.selftest \\
         --layout ep_data --coordinator 127.0.0.1:PORT --num-processes 2 --process-id 0   # and 1
 
 `--layout none` trains on one device without a mesh: the yardstick; `--layout

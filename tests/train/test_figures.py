@@ -1,6 +1,6 @@
 import os
 
-from moe_jax.analysis.figures import new_axes, save
+from moe_jax.train.figures import new_axes, save
 
 
 def test_save_writes_a_png_and_closes_the_figure(tmp_path):
