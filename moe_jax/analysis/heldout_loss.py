@@ -2,7 +2,7 @@
 whose logged training losses are single noisy batches (e.g. FP8 vs bfloat16).
 
     python -m moe_jax.analysis.heldout_loss --config experiments/pretrain_arith.py:tiny \
-        --workdir runs/fp8_True --override model.dtype=bfloat16 --override model.fp8=True
+        --workdir runs/fp8_True --config.model.dtype=bfloat16 --config.model.fp8=True
 
 Prints one JSON line: the step, and the response-token cross-entropy averaged over
 `--batches` packed batches of the test split (the same batches for every run with the
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import jax
 import numpy as np
 
-from moe_jax.config import load_config
+from moe_jax.config import load_config, split_overrides
 from moe_jax.data.pipeline import train_dataset
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.transformer import Transformer
@@ -35,8 +36,9 @@ def main():
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=7)
-    a = p.parse_args()
-    config = load_config(a.config, a.override)
+    rest, overrides = split_overrides(sys.argv[1:])
+    a = p.parse_args(rest)
+    config = load_config(a.config, a.override + overrides)
     model = Transformer.from_config(config.model)
     state = load_model(a.workdir, config.model)
     _, test_source = load_data(config, a.workdir)

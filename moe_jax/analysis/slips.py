@@ -13,7 +13,7 @@ problems, how many greedy answers are
     python -m moe_jax.analysis.slips WORKDIR [CONFIG] [NUM_EXAMPLES]
 
 WORKDIR is a training or GRPO run (its newest checkpoint is read); CONFIG is the
-experiment it ran (default experiments/grpo_reasoning.py:slip).
+experiment it ran (default: the config the run recorded in WORKDIR/config.json).
 """
 
 from __future__ import annotations
@@ -61,13 +61,15 @@ def main(argv):
     from moe_jax.data.tasks import get_task
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.train.evaluate import exact_match
-    from moe_jax.train.loader import load_model
+    from moe_jax.train.loader import load_model, read_run_config
     from moe_jax.train.loop import load_data
 
     if not 1 <= len(argv) <= 3:
         raise SystemExit(__doc__)
     workdir = argv[0]
-    config = load_config(argv[1] if len(argv) > 1 else "experiments/grpo_reasoning.py:slip")
+    config = load_config(argv[1]) if len(argv) > 1 else read_run_config(workdir)
+    if config is None:
+        raise SystemExit(f"{workdir} records no config.json: name the experiment it ran (CONFIG)")
     n = int(argv[2]) if len(argv) > 2 else config.eval.final_num_examples
     loaded = load_model(workdir, config.model)
     tokenizer = get_tokenizer(config.data.tokenizer)

@@ -27,7 +27,6 @@ from moe_jax.models.config import ConfigError, validate_model_config
 from moe_jax.models.param_count import count_parameters
 from moe_jax.models.transformer import Transformer
 from moe_jax.moe.router import BIAS_COLLECTION
-from moe_jax.train.loader import load_model
 from moe_jax.train.losses import LossWeights
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
@@ -51,28 +50,9 @@ def validate(c) -> None:
 
 def teacher(c, workdir, tokenizer, train_source, log):
     """(params, router_bias, seconds spent training it)."""
-    d = c.distill
-    if d.teacher_workdir:
-        try:
-            loaded = load_model(d.teacher_workdir, c.model, log=log)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"distill.teacher_workdir = {d.teacher_workdir!r}: {e}") from e
-        log(f"teacher read from {d.teacher_workdir} (step {loaded.step})")
-        return loaded.params, loaded.router_bias, 0.0
-    saved = fb.saved_or_none(os.path.join(workdir, "teacher"), log)
-    if saved is not None:
-        return saved.params, saved.router_bias, 0.0
-    model = Transformer.from_config(c.model)
-    opt = fb.optimizer(c, c.optimizer.learning_rate, d.teacher_steps, c.optimizer.warmup_steps,
-                       c.optimizer.weight_decay)
-    state = create_train_state(model, opt, jax.random.PRNGKey(c.train.seed), c.data.seq_len)
-    step = jax.jit(make_train_step(model, opt, LossWeights.from_config(c.model), c.model.bias_update_rate),
-                   donate_argnums=0)
-    state, _, seconds = fb.train_steps(step, state, fb.batches(c, train_source, tokenizer, 0),
-                                       d.teacher_steps, "teacher", log)
-    params, bias = jax.device_get(state.params), jax.device_get(state.router_bias)
-    fb.save(os.path.join(workdir, "teacher"), c.model, params, bias)
-    return params, bias, seconds
+    return fb.start_model(c, workdir, read_from=c.distill.teacher_workdir, field="distill.teacher_workdir",
+                          name="teacher", steps=c.distill.teacher_steps, train_source=train_source,
+                          tokenizer=tokenizer, log=log)
 
 
 def run(c, workdir: str, *, experiment=None, log=print) -> Summary:

@@ -17,8 +17,12 @@ from moe_jax.data.pipeline import train_dataset
 from moe_jax.data.tfds_builders import load_task_split
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, save_converted
 from moe_jax.train.evaluate import exact_match
+from moe_jax.models.transformer import Transformer
 from moe_jax.train.loader import load_model
+from moe_jax.train.losses import LossWeights
 from moe_jax.train.optimizer import make_optimizer
+from moe_jax.train.state import create_train_state
+from moe_jax.train.step import make_train_step
 
 
 def task_splits(config, difficulty, workdir: str):
@@ -64,13 +68,32 @@ def accuracy(config, model_config, params, router_bias, source, tokenizer):
     return acc, count
 
 
-def saved_or_none(directory: str, log):
-    """The model saved in `directory` by an earlier run of the job, or None."""
-    if not os.path.exists(os.path.join(directory, MODEL_CONFIG_FILE)):
-        return None
-    return load_model(directory, log=log)
-
-
-def save(directory: str, model_config, params, router_bias) -> None:
-    save_converted(directory, jax.device_get(params), jax.device_get(router_bias), model_config,
-                   overwrite=True)
+def start_model(config, workdir: str, *, read_from: str, field: str, name: str, steps: int,
+                train_source, tokenizer, log):
+    """(params, router_bias, seconds spent training) of config.model to start from:
+    `read_from` (a training workdir or model directory; `field` names it in errors), else
+    <workdir>/<name> saved by an earlier run, else trained here for `steps` steps on
+    `train_source` and saved there as a model directory."""
+    if read_from:
+        try:
+            loaded = load_model(read_from, config.model, log=log)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{field} = {read_from!r}: {e}") from e
+        log(f"{name} read from {read_from} (step {loaded.step})")
+        return loaded.params, loaded.router_bias, 0.0
+    directory = os.path.join(workdir, name)
+    if os.path.exists(os.path.join(directory, MODEL_CONFIG_FILE)):
+        saved = load_model(directory, log=log)
+        return saved.params, saved.router_bias, 0.0
+    m = config.model
+    model = Transformer.from_config(m)
+    opt = optimizer(config, config.optimizer.learning_rate, steps, config.optimizer.warmup_steps,
+                    config.optimizer.weight_decay)
+    state = create_train_state(model, opt, jax.random.PRNGKey(config.train.seed), config.data.seq_len)
+    step = jax.jit(make_train_step(model, opt, LossWeights.from_config(m), m.bias_update_rate),
+                   donate_argnums=0)
+    state, _, seconds = train_steps(step, state, batches(config, train_source, tokenizer, 0), steps,
+                                    name, log)
+    params, router_bias = jax.device_get(state.params), jax.device_get(state.router_bias)
+    save_converted(directory, params, router_bias, m, overwrite=True)
+    return params, router_bias, seconds

@@ -26,7 +26,6 @@ from moe_jax.lora.qlora import prepare_base
 from moe_jax.lora.step import create_lora_state, make_lora_train_step
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
-from moe_jax.train.loader import load_model
 from moe_jax.train.losses import LossWeights
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
@@ -46,27 +45,9 @@ def validate(config) -> None:
 
 def _base(c, workdir, tokenizer, train_source, log):
     """(params, router_bias, seconds spent pretraining)."""
-    if c.finetune.base_workdir:
-        try:
-            loaded = load_model(c.finetune.base_workdir, c.model, log=log)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"finetune.base_workdir = {c.finetune.base_workdir!r}: {e}") from e
-        log(f"base model read from {c.finetune.base_workdir} (step {loaded.step})")
-        return loaded.params, loaded.router_bias, 0.0
-    saved = fb.saved_or_none(os.path.join(workdir, "pretrained"), log)
-    if saved is not None:
-        return saved.params, saved.router_bias, 0.0
-    model = Transformer.from_config(c.model)
-    opt = fb.optimizer(c, c.optimizer.learning_rate, c.train.steps, c.optimizer.warmup_steps,
-                       c.optimizer.weight_decay)
-    state = create_train_state(model, opt, jax.random.PRNGKey(c.train.seed), c.data.seq_len)
-    step = jax.jit(make_train_step(model, opt, LossWeights.from_config(c.model), c.model.bias_update_rate),
-                   donate_argnums=0)
-    state, _, seconds = fb.train_steps(step, state, fb.batches(c, train_source, tokenizer, 0),
-                                       c.train.steps, "pretrain", log)
-    params, router_bias = jax.device_get(state.params), jax.device_get(state.router_bias)
-    fb.save(os.path.join(workdir, "pretrained"), c.model, params, router_bias)
-    return params, router_bias, seconds
+    return fb.start_model(c, workdir, read_from=c.finetune.base_workdir, field="finetune.base_workdir",
+                          name="pretrained", steps=c.train.steps, train_source=train_source,
+                          tokenizer=tokenizer, log=log)
 
 
 def run(c, workdir: str, *, experiment=None, log=print) -> Summary:

@@ -39,7 +39,8 @@ from moe_jax.rl.rollout import sample_groups
 from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.evaluate import exact_match
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import (NonFiniteLossError, load_data, optimizer_config, resume)
+from moe_jax.train.loop import (NonFiniteLossError, load_data, optimizer_config, record_config,
+                                resume)
 from moe_jax.train.metrics import MetricsWriter, Progress, read_metrics
 from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.state import create_train_state
@@ -110,6 +111,7 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, init_dir: str, r
     """
     validate_rl_config(config)
     os.makedirs(workdir, exist_ok=True)
+    record_config(config, workdir)
     t, r, m = config.train, config.rl, config.model
     task = config.data.task
     tokenizer = get_tokenizer(config.data.tokenizer)
