@@ -201,6 +201,7 @@ def _runlocal():
     g.meta_drop_uniform = True  # MetaRM@k without ties
     g.prompt_len = 64  # hinted inputs are up to 61 tokens
     g.best_of_n_grm_samples = 1
+    c.mesh.fsdp = 1  # one device: a smoke run of the plumbing (--config.mesh.* to spread it)
     g.policy_max_new_tokens = 8
     return c
 

@@ -48,8 +48,19 @@ def main(argv=None) -> int:
         # A bad config is the user's to fix: one line naming the field, no traceback.
         print(f"python -m moe_jax.main: error: {error}", file=sys.stderr)
         return 2
+    from moe_jax.train.checkpoint import CheckpointMismatchError
+    from moe_jax.train.preemption import EXIT_STATUS, Preempted
+
     initialize_distributed()  # from JAX_COORDINATOR_ADDRESS etc.; a no-op on one process
-    summary = run_experiment(module, config, workdir)
+    try:
+        summary = run_experiment(module, config, workdir)
+    except (ConfigError, CheckpointMismatchError) as error:
+        # A config that cannot continue the run in --workdir: refused before anything changed.
+        print(f"python -m moe_jax.main: error: {error}", file=sys.stderr)
+        return 2
+    except Preempted as preempted:
+        print(f"python -m moe_jax.main: {preempted}", file=sys.stderr)
+        return EXIT_STATUS
     print(summary.headline())
     return 0
 

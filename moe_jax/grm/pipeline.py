@@ -36,6 +36,7 @@ import numpy as np
 from moe_jax.data.pipeline import prompt_ids
 from moe_jax.data.tasks import generate_split, get_task
 from moe_jax.data.tokenizer import get_tokenizer
+from moe_jax.grm import phases
 from moe_jax.grm.bestofn import best_of_n
 from moe_jax.grm.diagnose import samples_path
 from moe_jax.grm.evaluate import evaluate_grm
@@ -51,6 +52,7 @@ from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, save_converted
 from moe_jax.models.config import ConfigError
 from moe_jax.rl.grpo import GRPOConfig
 from moe_jax.train.loader import load_model
+from moe_jax.train.placement import Placement
 
 RESULTS_FILE = "results.json"
 
@@ -124,8 +126,9 @@ def _load(directory):
     return loaded.params, loaded.router_bias
 
 
-def _phase(workdir, name, log, build):
-    """Load phase `name`'s saved model, or build() -> (params, router_bias, info) it."""
+def _phase(workdir, name, log, build, config):
+    """Load phase `name`'s saved model, or build() -> (params, router_bias, info) it and
+    save it with the settings it was built with (moe_jax.grm.phases)."""
     directory = os.path.join(workdir, "models", name)
     info_path = os.path.join(directory, "info.json")
     if os.path.exists(os.path.join(directory, MODEL_CONFIG_FILE)):
@@ -137,6 +140,7 @@ def _phase(workdir, name, log, build):
     params, router_bias, info, spec, model_config = build()
     info = dict(info, seconds=round(time.time() - start, 1))
     _save(directory, params, router_bias, model_config, spec)
+    phases.record(directory, config, name)
     with open(info_path, "w") as f:
         json.dump(info, f, indent=2)
     log(f"[{name}] done in {info['seconds']:.0f}s: "
@@ -157,7 +161,7 @@ def _starting_point(config, log):
 
 
 def _sft(model_config, params, router_bias, records, tokenizer, config, steps, seed, log,
-         seq_len=None, learning_rate=None):
+         seq_len=None, learning_rate=None, placement=None):
     g = config.grm
     opt = config.optimizer
     if learning_rate:
@@ -166,14 +170,24 @@ def _sft(model_config, params, router_bias, records, tokenizer, config, steps, s
     params, router_bias, losses = finetune(
         model_config, params, router_bias, records, tokenizer, steps=steps,
         batch_size=config.train.batch_size, seq_len=seq_len or g.seq_len,
-        optimizer_config=opt, seed=seed, log=log)
+        optimizer_config=opt, seed=seed, log=log, placement=placement)
     return params, router_bias, {"records": len(records), "steps": steps,
                                  "final_loss": round(float(np.mean(losses[-10:])), 4)}
 
 
 def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
+    """Run every phase not yet saved in `workdir` and evaluate, on the mesh of
+    config.mesh (its sampling sharded too); -> the summary (also in summary.json)."""
     validate_grm_config(config)
+    phases.check_saved_phases(config, workdir)  # before anything runs or is written
     os.makedirs(workdir, exist_ok=True)
+    placement = Placement.from_config(config)
+    log(placement.describe())
+    with placement.active():
+        return _train_and_evaluate_grm(config, workdir, placement, log)
+
+
+def _train_and_evaluate_grm(config, workdir: str, placement, log) -> dict:
     g, t = config.grm, config.train
     tokenizer = get_tokenizer(config.data.tokenizer)
     difficulty = dict(config.data.difficulty)
@@ -186,7 +200,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
 
     @functools.cache
     def policy():
-        return _policy(config, workdir, tokenizer, model_config, difficulty, log)
+        return _policy(config, workdir, tokenizer, model_config, difficulty, log, placement)
 
     @functools.cache
     def train_sets():
@@ -234,10 +248,10 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
                 raise ConfigError("grm.init_from_policy", True, "a saved policy with the GRM's "
                                   "model config (models/policy holds another architecture)")
         p, b, info = _sft(model_config, *start, records, tokenizer, config,
-                          g.cold_start_steps, t.seed, log)
+                          g.cold_start_steps, t.seed, log, placement=placement)
         return p, b, info, spec, model_config
 
-    cold_params, cold_bias, _ = _phase(workdir, "cold_start", log, cold_start)
+    cold_params, cold_bias, _ = _phase(workdir, "cold_start", log, cold_start, config)
 
     meta_records = []
 
@@ -256,10 +270,10 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
         # (a tiny smoke run) fall back to the teacher's targets.
         records = rft_records or cold_start_records(rft_sets, g.critique)
         p, b, info = _sft(model_config, cold_params, cold_bias, records, tokenizer, config,
-                          g.rft_steps, t.seed + 1, log)
+                          g.rft_steps, t.seed + 1, log, placement=placement)
         return p, b, dict(info, **stats), spec, model_config
 
-    rft_params, rft_bias, rft_info = _phase(workdir, "rft", log, rft)
+    rft_params, rft_bias, rft_info = _phase(workdir, "rft", log, rft, config)
 
     def meta_rm():
         stats = {}
@@ -280,10 +294,11 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
                              "malformed or tied), so the meta RM has nothing to learn from; "
                              "set it False or train the GRM further")
         p, b, info = _sft(model_config, rft_params, rft_bias, records, tokenizer, config,
-                          g.meta_steps, t.seed + 2, log, seq_len=meta_prompt_len + 2)
+                          g.meta_steps, t.seed + 2, log, seq_len=meta_prompt_len + 2,
+                          placement=placement)
         return p, b, dict(info, **stats), spec, model_config
 
-    meta_params, meta_bias, _ = _phase(workdir, "meta_rm", log, meta_rm)
+    meta_params, meta_bias, _ = _phase(workdir, "meta_rm", log, meta_rm, config)
 
     def rl():
         grpo = GRPOConfig(eps_low=g.rl_eps, eps_high=g.rl_eps, beta=g.rl_beta,
@@ -294,12 +309,13 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
                                 steps=g.rl_steps, batch_size=g.rl_batch_size,
                                 group_size=g.rl_group_size, temperature=g.rl_temperature,
                                 prompt_len=g.prompt_len, max_new_tokens=g.max_new_tokens,
-                                optimizer_config=opt, grpo=grpo, seed=t.seed + 3, log=log)
+                                optimizer_config=opt, grpo=grpo, seed=t.seed + 3, log=log,
+                                placement=placement)
         info = {"steps": g.rl_steps, "first_reward": float(rewards[:5].mean()),
                 "last_reward": float(rewards[-5:].mean())} if len(rewards) else {"steps": 0}
         return p, rft_bias, info, spec, model_config
 
-    rl_params, rl_bias, rl_info = _phase(workdir, "rl", log, rl)
+    rl_params, rl_bias, rl_info = _phase(workdir, "rl", log, rl, config)
 
     results = _read_results(workdir)
     eval_args = dict(ks=tuple(g.eval_ks), temperature=g.eval_temperature,
@@ -335,7 +351,7 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     return summary
 
 
-def _policy(config, workdir, tokenizer, model_config, difficulty, log):
+def _policy(config, workdir, tokenizer, model_config, difficulty, log, placement):
     """(model_config, params, router_bias) of a small arithmetic policy, SFT stopped early
     so that it is often wrong: trained once into <workdir>/models/policy."""
     g, t = config.grm, config.train
@@ -349,10 +365,10 @@ def _policy(config, workdir, tokenizer, model_config, difficulty, log):
         p0, b0 = init_params(policy_config, t.seed + 5, g.policy_seq_len)
         p, b, info = _sft(policy_config, p0, b0, records, tokenizer, config, g.policy_steps,
                           t.seed + 5, log, seq_len=g.policy_seq_len,
-                          learning_rate=g.get("policy_learning_rate"))
+                          learning_rate=g.get("policy_learning_rate"), placement=placement)
         return p, b, info, {}, policy_config
 
-    params, router_bias, _ = _phase(workdir, "policy", log, build)
+    params, router_bias, _ = _phase(workdir, "policy", log, build, config)
     # The saved policy's own architecture: a run may reuse a policy of another size.
     with open(os.path.join(workdir, "models", "policy", MODEL_CONFIG_FILE)) as f:
         policy_config = ml_collections.ConfigDict(json.load(f))

@@ -24,12 +24,13 @@ from moe_jax.grm.format import META_NO, META_YES, hinted_prompt, meta_prompt
 from moe_jax.grm.sampling import sample_trajectories
 from moe_jax.grm.scores import get_parser, parse_tolerant
 from moe_jax.grm.voting import changes_vote, rft_select, rule_reward, verdict_correct
+from moe_jax.models.transformer import Transformer
 from moe_jax.rl.grpo import GRPOConfig
-from moe_jax.rl.learner import make_grpo_step
-from moe_jax.rl.policy import make_scorer, scoring_model
-from moe_jax.rl.rollout import sample_groups
+from moe_jax.rl.iteration import GRPOIteration, check_rows
 from moe_jax.train.optimizer import make_optimizer
-from moe_jax.train.state import TrainState
+from moe_jax.train.placement import Placement, replicate_to_host
+from moe_jax.train.state import TrainState, create_train_state
+from moe_jax.train.trainer import LoopSettings, Trainer
 
 
 def with_unique_best(sets):
@@ -150,48 +151,50 @@ def rule_rewards(examples, responses, *, parser: str = "tolerant"):
 def grpo_phase(model_config, params, router_bias, sets, tokenizer, *, steps: int,
                batch_size: int, group_size: int, temperature: float, prompt_len: int,
                max_new_tokens: int, optimizer_config, grpo: GRPOConfig, seed: int = 0,
-               num_minibatches: int = 1, log=None):
+               num_minibatches: int = 1, log=None, placement: Placement | None = None):
     """Rule-based online RL of the GRM: -> (params, per-step mean reward float [steps]).
 
     Each step takes `batch_size` sets in a shuffled order, samples `group_size`
-    trajectories per set, and takes `num_minibatches` GRPO updates; the reference policy
-    of the KL term is the starting (RFT) model.
+    trajectories per set, and takes `num_minibatches` GRPO updates (moe_jax.rl.iteration,
+    the body the policy's GRPO runs too), on `placement`'s mesh; the reference policy of
+    the KL term is the starting (RFT) model.
     """
     sets = with_unique_best(sets)
     if not sets:
         raise ValueError("sets: expected preference sets with a unique best response, got none")
+    placement = placement or Placement.one_device()
+    check_rows(batch_size * group_size, num_minibatches, placement, "grm.rl_batch_size")
     opt_config = optimizer_config.copy_and_resolve_references()
     if opt_config.total_steps <= 0:
         opt_config.total_steps = steps
     optimizer = make_optimizer(opt_config)
-    model = scoring_model(model_config)
-    ref_params = params
-    # Copies: the update donates its state; the reference and the caller's bias survive.
-    params = jax.tree.map(jax.numpy.array, params)
-    router_bias = jax.tree.map(jax.numpy.array, router_bias)
-    state = TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                       opt_state=optimizer.init(params), router_bias=router_bias)
-    score = make_scorer(model)
-    update = jax.jit(make_grpo_step(model, optimizer, grpo), donate_argnums=0)
+    model = Transformer.from_config(model_config)
+    _, shardings = placement.state_shardings(model, lambda rng: create_train_state(model, optimizer, rng, 8))
+    policy = placement.put(params, shardings.params)
+    state = TrainState(step=placement.put(np.int32(0), shardings.step), params=policy,
+                       opt_state=placement.run(jax.jit(optimizer.init, out_shardings=shardings.opt_state),
+                                               policy),
+                       router_bias=placement.put(router_bias, shardings.router_bias))
+    iteration = GRPOIteration(model_config, optimizer, grpo, placement, tokenizer=tokenizer,
+                              reward_fn=rule_rewards, group_size=group_size, prompt_len=prompt_len,
+                              max_new_tokens=max_new_tokens, temperature=temperature,
+                              num_minibatches=num_minibatches, scale_by_std=True,
+                              ref_params=placement.put(params, shardings.params) if grpo.beta else None,
+                              step_sharding=shardings.step, seed=seed + 1)
     order = np.random.default_rng(seed).permutation(len(sets))
-    base_rng = jax.random.PRNGKey(seed + 1)
     rewards = []
-    for step in range(steps):
+
+    def next_batch(step, state):
         picks = [sets[order[(step * batch_size + i) % len(sets)]] for i in range(batch_size)]
-        rollout = sample_groups(model_config, state.params, state.router_bias, picks, tokenizer,
-                                reward_fn=rule_rewards, group_size=group_size,
-                                prompt_len=prompt_len, max_new_tokens=max_new_tokens,
-                                temperature=temperature, rng=jax.random.fold_in(base_rng, step))
-        batch = {k: rollout[k] for k in ("tokens", "positions", "segment_ids", "response_mask",
-                                         "advantages")}
-        batch["old_logprobs"] = score(state.params, state.router_bias, batch)
-        if grpo.beta:
-            batch["ref_logprobs"] = score(ref_params, state.router_bias, batch)
-        rows = len(batch["advantages"])
-        for part in np.array_split(np.arange(rows), num_minibatches):
-            state, _ = update(state, jax.tree.map(lambda x: x[part], batch))
-        rewards.append(float(np.mean(rollout["reward"])))
-        if log and ((step + 1) % max(steps // 5, 1) == 0 or step + 1 == steps):
-            log(f"  GRPO step {step + 1}/{steps}: reward {np.mean(rewards[-5:]):+.3f}, "
-                f"well formed {np.mean(rollout['well_formed']):.2f}")
-    return state.params, np.asarray(rewards, np.float32)
+        return iteration.rollout(step, state, picks)
+
+    def on_report(done, scalars):
+        rewards.append(scalars["reward"])
+        if log and (done % max(steps // 5, 1) == 0 or done == steps):
+            log(f"  GRPO step {done}/{steps}: reward {np.mean(rewards[-5:]):+.3f}, "
+                f"well formed {scalars.get('well_formed', float('nan')):.2f}")
+
+    trainer = Trainer(None, LoopSettings(steps=steps, log_every=steps, progress_bar=False), placement,
+                      log=log or (lambda *_: None), name="GRM GRPO ", progress_key="reward")
+    state = trainer.run(state, next_batch=next_batch, update=iteration.update, on_report=on_report)
+    return replicate_to_host(state.params), np.asarray(rewards, np.float32)

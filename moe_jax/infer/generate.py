@@ -12,7 +12,8 @@ or all at once, in one jit with a `lax.while_loop` that stops when every row is 
 
 Prompts are left-padded [B, P] (see cache.py). MoE layers run with a dispatch that
 never drops a token (`inference_config`), so a row's output does not depend on what
-else is in the batch. MTP modules are not used.
+else is in the batch. MTP modules are not used. Under a mesh (jax.set_mesh) `generate`
+splits its rows over the batch axes and returns every row to every process (rows.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from moe_jax.infer.cache import KVCache, init_cache
+from moe_jax.infer.rows import gather_rows, place_rows
 from moe_jax.infer.sampling import sample_tokens, token_logprobs
 from moe_jax.models.transformer import forward_with_cache
 
@@ -175,10 +178,17 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if rng is None:
         rng = jax.random.PRNGKey(0)
-    return _generate(params, router_bias or {}, jnp.asarray(prompt_tokens, jnp.int32),
+    rows, (prompt_tokens, prompt_lengths) = place_rows(np.asarray(prompt_tokens, np.int32),
+                                                       np.asarray(prompt_lengths, np.int32))
+    out = _generate(params, router_bias or {}, jnp.asarray(prompt_tokens, jnp.int32),
                      jnp.asarray(prompt_lengths, jnp.int32), rng, m=_frozen(model_config),
                      max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                      top_k=int(top_k), top_p=float(top_p),
                      stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
                      cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
                      vocab_limit=None if vocab_limit is None else int(vocab_limit))
+    return gather_rows(out, rows) if rows != out["tokens"].shape[0] or _sharded(out) else out
+
+
+def _sharded(out) -> bool:
+    return not out["tokens"].is_fully_addressable or len(out["tokens"].sharding.device_set) > 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 
-import jax
 
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.distill.schedule import SCHEDULES, temperature_schedule
@@ -28,7 +27,7 @@ from moe_jax.models.param_count import count_parameters
 from moe_jax.models.transformer import Transformer
 from moe_jax.moe.router import BIAS_COLLECTION
 from moe_jax.train.losses import LossWeights
-from moe_jax.train.state import create_train_state
+from moe_jax.train.placement import Placement
 from moe_jax.train.step import make_train_step
 
 
@@ -48,11 +47,11 @@ def validate(c) -> None:
                           f"fewer than distill.teacher_steps = {d.teacher_steps} (the teacher trains longer)")
 
 
-def teacher(c, workdir, tokenizer, train_source, log):
+def teacher(c, workdir, tokenizer, train_source, log, placement=None):
     """(params, router_bias, seconds spent training it)."""
     return fb.start_model(c, workdir, read_from=c.distill.teacher_workdir, field="distill.teacher_workdir",
                           name="teacher", steps=c.distill.teacher_steps, train_source=train_source,
-                          tokenizer=tokenizer, log=log)
+                          tokenizer=tokenizer, log=log, placement=placement or Placement.from_config(c))
 
 
 def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
@@ -60,33 +59,38 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
     validate(c)
     os.makedirs(workdir, exist_ok=True)
     d = c.distill
+    placement = Placement.from_config(c)
+    log(placement.describe())
     t0 = time.time()
     tokenizer = get_tokenizer(c.data.tokenizer)
     train_source, test_source = fb.task_splits(c, c.data.difficulty, workdir)
-    t_params, t_bias, teacher_seconds = teacher(c, workdir, tokenizer, train_source, log)
-    teacher_acc, count = fb.accuracy(c, c.model, t_params, t_bias, test_source, tokenizer)
+    t_params, t_bias, teacher_seconds = teacher(c, workdir, tokenizer, train_source, log, placement)
+    teacher_acc, count = fb.accuracy(c, c.model, t_params, t_bias, test_source, tokenizer, placement)
     log(f"teacher: {teacher_acc:.1%} held-out exact match")
 
     teacher_model = Transformer.from_config(c.model)
     student = Transformer.from_config(c.student_model)
     weights, rate = LossWeights.from_config(c.student_model), c.student_model.bias_update_rate
+    t_params, t_bias = placement.put_params(teacher_model, t_params, t_bias)
+    teacher_vars = {"params": t_params, BIAS_COLLECTION: t_bias}
     results = {}
     for mode in ("scratch", "distilled"):
         opt = fb.optimizer(c, c.optimizer.learning_rate, d.student_steps, c.optimizer.warmup_steps,
                            c.optimizer.weight_decay)
         # The same initialisation and the same batches for both students.
-        state = create_train_state(student, opt, jax.random.PRNGKey(c.train.seed + 7), c.data.seq_len)
+        state, shardings = fb.train_state(placement, student, opt, c, c.train.seed + 7)
         if mode == "scratch":
-            step = jax.jit(make_train_step(student, opt, weights, rate), donate_argnums=0)
+            step, constants = make_train_step(student, opt, weights, rate), ()
         else:
             tau = temperature_schedule(d.schedule, d.tau_start, d.tau_end, d.student_steps)
-            distill_step = jax.jit(make_distill_train_step(student, teacher_model, opt, tau, d.alpha,
-                                                           weights, rate), donate_argnums=0)
-            teacher_vars = {"params": t_params, BIAS_COLLECTION: t_bias}
-            step = lambda s, b, r: distill_step(s, teacher_vars, b, r)  # noqa: E731
-        state, loss, seconds = fb.train_steps(step, state, fb.batches(c, train_source, tokenizer, 0),
-                                              d.student_steps, f"{mode} student", log)
-        acc, _ = fb.accuracy(c, c.student_model, state.params, state.router_bias, test_source, tokenizer)
+            step = make_distill_train_step(student, teacher_model, opt, tau, d.alpha, weights, rate)
+            constants = (teacher_vars,)
+        state, loss, seconds = fb.train_steps(placement, step, state, shardings,
+                                              fb.batches(c, train_source, tokenizer, 0), d.student_steps,
+                                              f"{mode} student", log, batch_size=c.train.batch_size,
+                                              constants=constants)
+        acc, _ = fb.accuracy(c, c.student_model, state.params, state.router_bias, test_source, tokenizer,
+                             placement)
         results[mode] = {"exact_match": acc, "final_loss": loss, "seconds": round(seconds, 1)}
         log(f"{mode} student: {acc:.1%} held-out exact match")
 

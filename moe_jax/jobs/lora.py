@@ -27,7 +27,7 @@ from moe_jax.lora.step import create_lora_state, make_lora_train_step
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.losses import LossWeights
-from moe_jax.train.state import create_train_state
+from moe_jax.train.placement import Placement
 from moe_jax.train.step import make_train_step
 
 
@@ -43,17 +43,19 @@ def validate(config) -> None:
         raise ConfigError("finetune.steps", config.finetune.steps, "a positive integer")
 
 
-def _base(c, workdir, tokenizer, train_source, log):
+def _base(c, workdir, tokenizer, train_source, log, placement):
     """(params, router_bias, seconds spent pretraining)."""
     return fb.start_model(c, workdir, read_from=c.finetune.base_workdir, field="finetune.base_workdir",
                           name="pretrained", steps=c.train.steps, train_source=train_source,
-                          tokenizer=tokenizer, log=log)
+                          tokenizer=tokenizer, log=log, placement=placement)
 
 
 def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
     del experiment
     validate(c)
     os.makedirs(workdir, exist_ok=True)
+    placement = Placement.from_config(c)
+    log(placement.describe())
     t0 = time.time()
     tokenizer = get_tokenizer(c.data.tokenizer)
     model = Transformer.from_config(c.model)
@@ -61,21 +63,20 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
     pre_train, pre_test = fb.task_splits(c, c.data.difficulty, workdir)
     shift_train, shift_test = fb.task_splits(c, c.data.shifted_difficulty, workdir)
 
-    base, router_bias, pre_seconds = _base(c, workdir, tokenizer, pre_train, log)
-    pre_acc, _ = fb.accuracy(c, c.model, base, router_bias, pre_test, tokenizer)
-    before, count = fb.accuracy(c, c.model, base, router_bias, shift_test, tokenizer)
+    base, router_bias, pre_seconds = _base(c, workdir, tokenizer, pre_train, log, placement)
+    pre_acc, _ = fb.accuracy(c, c.model, base, router_bias, pre_test, tokenizer, placement)
+    before, count = fb.accuracy(c, c.model, base, router_bias, shift_test, tokenizer, placement)
     log(f"pretrained: {pre_acc:.1%} on the pretraining task, {before:.1%} on the shifted one")
 
     f = c.finetune
     # Full fine-tuning: every parameter, AdamW moments for every parameter.
     opt = fb.optimizer(c, f.full_learning_rate, f.steps, f.warmup_steps, c.optimizer.weight_decay)
-    full = create_train_state(model, opt, jax.random.PRNGKey(0), c.data.seq_len)
-    full = full.replace(params=base, opt_state=opt.init(base), router_bias=router_bias)
+    full, shardings = fb.train_state(placement, model, opt, c, 0, base, router_bias)
     full_opt_bytes = tree_bytes(full.opt_state)
-    step = jax.jit(make_train_step(model, opt, weights, 0.0), donate_argnums=0)
-    full, full_loss, full_seconds = fb.train_steps(step, full, fb.batches(c, shift_train, tokenizer, 1),
-                                                   f.steps, "full fine-tune", log)
-    full_acc, _ = fb.accuracy(c, c.model, full.params, full.router_bias, shift_test, tokenizer)
+    full, full_loss, full_seconds = fb.train_steps(
+        placement, make_train_step(model, opt, weights, 0.0), full, shardings,
+        fb.batches(c, shift_train, tokenizer, 1), f.steps, "full fine-tune", log, batch_size=c.train.batch_size)
+    full_acc, _ = fb.accuracy(c, c.model, full.params, full.router_bias, shift_test, tokenizer, placement)
 
     # LoRA: the same data order, steps and batch; only the adapters train.
     frozen = prepare_base(base, c.lora)
@@ -83,12 +84,17 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
     opt = fb.optimizer(c, f.lora_learning_rate, f.steps, f.warmup_steps, 0.0)
     lora = create_lora_state(adapters, opt, router_bias)
     report = trainable_report(frozen, adapters, lora.opt_state)
-    lora_step = jax.jit(make_lora_train_step(model, opt, c.lora, weights), donate_argnums=0)
-    lora, lora_loss, lora_seconds = fb.train_steps(lambda s, b, r: lora_step(s, frozen, b, r), lora,
-                                                   fb.batches(c, shift_train, tokenizer, 1), f.steps,
-                                                   "LoRA fine-tune", log)
-    lora_acc, _ = fb.accuracy(c, c.model, merge(frozen, lora.params, c.lora), router_bias, shift_test,
-                              tokenizer)
+    # The frozen base on the mesh like the params it replaces (NF4 blocks replicated);
+    # the adapters and their moments, a few MB, replicated.
+    frozen = placement.put(frozen, placement.param_shardings(model, frozen))
+    lora_shardings = jax.tree.map(lambda _: placement.replicated(), lora)
+    lora = placement.put(lora, lora_shardings)
+    lora, lora_loss, lora_seconds = fb.train_steps(
+        placement, make_lora_train_step(model, opt, c.lora, weights), lora, lora_shardings,
+        fb.batches(c, shift_train, tokenizer, 1), f.steps, "LoRA fine-tune", log,
+        batch_size=c.train.batch_size, constants=(frozen,))
+    merged = placement.run(jax.jit(lambda b, a: merge(b, a, c.lora)), frozen, lora.params)
+    lora_acc, _ = fb.accuracy(c, c.model, merged, router_bias, shift_test, tokenizer, placement)
 
     details = {
         "task": "arithmetic, shifted difficulty", "eval_examples": count,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ml_collections
 
 from moe_jax.models.config import base_model_config
+from moe_jax.parallel.mesh import default_mesh_config
 from moe_jax.train.optimizer import default_optimizer_config
 
 ARITHMETIC_VARIANTS = ("tiny", "small", "base")
@@ -97,6 +98,10 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.optimizer.total_steps = -1  # follow train.steps
     c.optimizer.weight_decay = 0.01
 
+    # Where it runs: sizes of the data, fsdp, expert and tensor axes, -1 for the rest of the
+    # devices (default: every visible device on fsdp; one device is a plain run).
+    c.mesh = default_mesh_config()
+
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 900 if variant == "tiny" else 2000
     c.eval.num_examples = 200
@@ -165,5 +170,7 @@ def shift(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 2 if small else 40
     c.eval.num_examples = 8 if small else 500
     c.eval.batch_size = 8 if small else 250
+    if small:
+        c.mesh.fsdp = 1  # one device: a smoke run of the plumbing (--config.mesh.* to spread it)
     c.eval.max_new_tokens = 16 if small else 48
     return c

@@ -10,7 +10,9 @@ with the most traffic: tensor, then expert):
 
 `config.mesh` holds one int per axis; -1 means "whatever is left of the device count"
 (at most one axis may say so). `resolve_mesh_shape` checks that the product equals the
-number of devices and names the offending field otherwise.
+number of devices and names the offending field otherwise. Fixed sizes whose product is
+smaller than the device count use that many devices, the first ones (`data=1, fsdp=1,
+expert=1, tensor=1` is a one-device run on any host; the mesh is always logged).
 """
 
 from __future__ import annotations
@@ -100,7 +102,13 @@ def make_mesh(sizes: Mapping[str, int] | None = None, devices=None):
     import jax
 
     devices = list(jax.devices() if devices is None else devices)
-    shape = resolve_mesh_shape(dict(sizes if sizes is not None else default_mesh_config()), len(devices))
+    sizes = dict(sizes if sizes is not None else default_mesh_config())
+    fixed = list(sizes.values())
+    if -1 not in fixed and all(isinstance(v, int) and v > 0 for v in fixed):
+        wanted = math.prod(fixed)
+        if wanted < len(devices) and jax.process_count() == 1:
+            devices = devices[:wanted]  # an explicit smaller mesh: the first devices
+    shape = resolve_mesh_shape(sizes, len(devices))
     return jax.make_mesh(tuple(shape.values()), MESH_AXES, axis_types=_axis_types(len(MESH_AXES)),
                          devices=devices)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 
 import grain
 import jax
@@ -32,18 +31,18 @@ from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.rl.grpo import GRPOConfig
-from moe_jax.rl.learner import make_grpo_step
-from moe_jax.rl.policy import make_scorer, scoring_model
+from moe_jax.rl.iteration import GRPOIteration, check_rows
 from moe_jax.rl.rewards import task_rewards
-from moe_jax.rl.rollout import sample_groups
-from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.evaluate import exact_match
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import (NonFiniteLossError, load_data, optimizer_config, record_config,
-                                resume)
-from moe_jax.train.metrics import MetricsWriter, Progress, read_metrics
+from moe_jax.train.loop import load_data, log_placement, optimizer_config
+from moe_jax.train.metrics import read_metrics
 from moe_jax.train.optimizer import make_optimizer
-from moe_jax.train.state import create_train_state
+from moe_jax.train.placement import Placement
+from moe_jax.train.run_config import check_and_record
+from moe_jax.train.state import TrainState, create_train_state
+from moe_jax.train.trainer import LoopSettings, Trainer
+
 
 def validate_rl_config(config: ml_collections.ConfigDict):
     """Fail before any compute on a bad `rl` section."""
@@ -74,27 +73,9 @@ def grpo_config(config) -> GRPOConfig:
                       aggregation=r.aggregation, max_length=r.max_new_tokens)
 
 
-@functools.lru_cache(maxsize=4)
-def _compiled(model_config: ml_collections.FrozenConfigDict,
-              opt_config: ml_collections.FrozenConfigDict, grpo: GRPOConfig):
-    """(optimizer, scorer, jitted update), shared by runs with the same settings in one
-    process (a sweep in a notebook, the tests), which then compile once."""
-    model = scoring_model(model_config)
-    optimizer = make_optimizer(opt_config)
-    update = jax.jit(make_grpo_step(model, optimizer, grpo), donate_argnums=0)
-    return optimizer, make_scorer(model), update
-
-
 def _prompt_iterator(source, seed: int):
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
-
-
-def _check_finite(step: int, scalars: dict):
-    bad = {k: v for k, v in scalars.items() if not np.isfinite(v)}
-    if bad:
-        raise NonFiniteLossError(f"GRPO step {step}: non-finite {bad}; stopping without saving "
-                                 f"this state. The last checkpoint is untouched.")
 
 
 def verifier_reward(config):
@@ -104,102 +85,79 @@ def verifier_reward(config):
 
 def train_grpo(config: ml_collections.ConfigDict, workdir: str, init_dir: str, reward_fn=None,
                log=print) -> dict:
-    """Run GRPO from the model in `init_dir` (an SFT workdir or a model directory);
-    returns the summary (also written to summary.json).
+    """Run GRPO from the model in `init_dir` (an SFT workdir or a model directory), on the
+    mesh of config.mesh; returns the summary (also written to summary.json).
 
     reward_fn(examples, responses) -> {"reward": [N], ...}; default: `verifier_reward`.
     """
     validate_rl_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    record_config(config, workdir)
-    t, r, m = config.train, config.rl, config.model
+    check_and_record(config, workdir, log)
+    placement = Placement.from_config(config)
+    t, r = config.train, config.rl
+    check_rows(t.batch_size * r.group_size, r.num_minibatches, placement, "train.batch_size")
     task = config.data.task
     tokenizer = get_tokenizer(config.data.tokenizer)
     reward_fn = reward_fn or verifier_reward(config)
     train_source, test_source = load_data(config, workdir)
     task_spec = get_task(task)
 
-    # An SFT workdir, or a `moe-jax convert` directory that brings its own model config.
-    start = load_model(init_dir, m, log=log)
-    m, ref_params, router_bias = start.model_config, start.params, start.router_bias
+    # An SFT workdir, or a model directory that brings its own model config.
+    start = load_model(init_dir, config.model, log=log)
+    m = start.model_config
     policy = Transformer.from_config(m)
-    opt_config = optimizer_config(config)
-    optimizer, score, update = _compiled(ml_collections.FrozenConfigDict(m),
-                                         ml_collections.FrozenConfigDict(opt_config), grpo_config(config))
-    state = create_train_state(policy, optimizer, jax.random.PRNGKey(t.seed), 8)
-    # A copy: the update donates the policy's buffers, and the reference must survive.
-    params = jax.tree.map(jax.numpy.copy, ref_params)
-    state = state.replace(params=params, opt_state=optimizer.init(params),
-                          router_bias=router_bias)
+    optimizer = make_optimizer(optimizer_config(config))
+    init = lambda rng: create_train_state(policy, optimizer, rng, 8)  # noqa: E731
+    _, shardings = placement.state_shardings(policy, init)
+    # The policy starts as the reference; both live on the mesh (the update donates the
+    # policy's buffers, and the reference must survive, so they are separate arrays).
+    ref_params = placement.put(start.params, shardings.params)
+    params = placement.put(start.params, shardings.params)
+    state = TrainState(step=placement.put(np.int32(0), shardings.step), params=params,
+                       opt_state=placement.run(jax.jit(optimizer.init, out_shardings=shardings.opt_state), params),
+                       router_bias=placement.put(start.router_bias, shardings.router_bias))
+    log_placement(placement, state, log)
     prompts = _prompt_iterator(train_source, t.seed)
-    checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint, log=log)
-    state = resume(checkpointer, state, prompts, workdir, log, what="GRPO ")
-    start_step = int(state.step)
-
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
     rows = t.batch_size * r.group_size
-    progress = Progress(t.steps, start_step, rows * (r.prompt_len + r.max_new_tokens),
-                        enabled=t.progress_bar)
-    base_rng = jax.random.PRNGKey(t.seed + 1)
+    trainer = Trainer(workdir, LoopSettings.from_config(config, rows * (r.prompt_len + r.max_new_tokens)),
+                      placement, log=log, name="GRPO ", progress_key="reward")
+    state = trainer.restore(state, prompts)
+    iteration = GRPOIteration(m, optimizer, grpo_config(config), placement, tokenizer=tokenizer,
+                              reward_fn=reward_fn, group_size=r.group_size, prompt_len=r.prompt_len,
+                              max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                              num_minibatches=r.num_minibatches, scale_by_std=r.scale_by_std,
+                              ref_params=ref_params, step_sharding=shardings.step, seed=t.seed + 1)
 
-    def evaluate(num_examples):
+    def evaluate(num_examples, state):
         accuracy, count, _ = exact_match(
             m, state.params, state.router_bias, test_source, tokenizer, task=task,
             num_examples=num_examples, batch_size=config.eval.batch_size,
-            max_new_tokens=config.eval.max_new_tokens)
-        writer.write(int(state.step), {"eval/exact_match": accuracy, "eval/examples": count})
-        progress.write(f"step {int(state.step)}: held-out exact match {accuracy:.1%} on {count}")
-        return accuracy, count
+            max_new_tokens=config.eval.max_new_tokens, placement=placement)
+        return {"exact_match": accuracy, "examples": count}
 
     initial = None
-    if start_step == 0:
-        initial = evaluate(config.eval.final_num_examples)[0]
-    start_time, scalars = time.time(), {}
-    try:
-        for step in range(start_step, t.steps):
-            examples = [task_spec.from_record(next(prompts)) for _ in range(t.batch_size)]
-            rollout = sample_groups(
-                m, state.params, state.router_bias, examples, tokenizer, reward_fn=reward_fn,
-                group_size=r.group_size, prompt_len=r.prompt_len, max_new_tokens=r.max_new_tokens,
-                temperature=r.temperature, rng=jax.random.fold_in(base_rng, step),
-                scale_by_std=r.scale_by_std)
-            batch = {k: rollout[k] for k in ("tokens", "positions", "segment_ids",
-                                             "response_mask", "advantages")}
-            batch["old_logprobs"] = score(state.params, state.router_bias, batch)
-            batch["ref_logprobs"] = score(ref_params, state.router_bias, batch)
-            per_update = []
-            for part in np.array_split(np.arange(rows), r.num_minibatches):
-                minibatch = jax.tree.map(lambda x: x[part], batch)
-                state, metrics = update(state, minibatch)
-                per_update.append(metrics)
-            # One optimizer step per minibatch; state.step counts GRPO steps (rollouts).
-            state = state.replace(step=jax.numpy.asarray(step + 1, jax.numpy.int32))
-            host = jax.device_get(per_update)
-            scalars = {k: float(np.mean([u[k] for u in host])) for k in host[0]}
-            scalars.update({k: float(np.mean(rollout[k])) for k in
-                            ("reward", "correct", "format", "response_length", "informative")
-                            if k in rollout})
-            _check_finite(step + 1, scalars)
-            done = step + 1
-            progress.update(done, reward=scalars["reward"])
-            if done % t.log_every == 0 or done == t.steps:
-                writer.write(done, dict(scalars, elapsed_seconds=time.time() - start_time))
-            if done % t.checkpoint_every == 0 or done == t.steps:
-                checkpointer.save(done, state, prompts.get_state(), {"seed": t.seed})
-            if config.eval.every and done % config.eval.every == 0 and done != t.steps:
-                evaluate(config.eval.num_examples)
-    finally:
-        checkpointer.close()
-        progress.close()
+    if int(state.step) == 0:
+        initial = evaluate(config.eval.final_num_examples, state)
+        trainer.write(0, {f"eval/{k}": v for k, v in initial.items()})
+        log(f"step 0: held-out exact match {initial['exact_match']:.1%} on {initial['examples']}")
+        initial = initial["exact_match"]
 
-    train_seconds = time.time() - start_time
-    accuracy, count = evaluate(config.eval.final_num_examples)
+    def next_batch(step, state):
+        examples = [task_spec.from_record(next(prompts)) for _ in range(t.batch_size)]
+        return iteration.rollout(step, state, examples)
+
+    state = trainer.run(state, next_batch=next_batch, update=iteration.update, data_iter=prompts,
+                        evaluate=lambda done, state: evaluate(config.eval.num_examples, state),
+                        extra={"seed": t.seed})
+    final = evaluate(config.eval.final_num_examples, state)
+    trainer.write(int(state.step), {f"eval/{k}": v for k, v in final.items()})
+    log(f"step {int(state.step)}: held-out exact match {final['exact_match']:.1%} on {final['examples']}")
+    accuracy, count = final["exact_match"], final["examples"]
     summary = {"step": int(state.step), "exact_match": accuracy, "eval_examples": count,
-               "initial_exact_match": initial, "final_reward": scalars.get("reward"),
-               "train_seconds": round(train_seconds, 1), "task": task}
+               "initial_exact_match": initial, "final_reward": trainer.last_scalars.get("reward"),
+               "train_seconds": round(trainer.seconds, 1), "task": task, "mesh": placement.shape}
     if initial is None:  # resumed: the step-0 evaluation is in the metrics file
         summary["initial_exact_match"] = read_metrics(workdir).get(0, {}).get("eval/exact_match")
-    writer.close()
+    trainer.close()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

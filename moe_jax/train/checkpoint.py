@@ -44,6 +44,21 @@ class CorruptCheckpointError(RuntimeError):
     pass
 
 
+class CheckpointMismatchError(ValueError):
+    """A sound checkpoint of another model: parameters of other shapes or names. Not
+    corruption: nothing is moved."""
+
+
+def _flat_shapes(tree, prefix=()) -> dict[tuple, tuple]:
+    """Nested dicts (of arrays, ShapeDtypeStructs or orbax metadata) -> {path: shape}."""
+    if isinstance(tree, dict) or hasattr(tree, "items"):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flat_shapes(value, prefix + (str(key),)))
+        return out
+    return {prefix: tuple(getattr(tree, "shape", ()))}
+
+
 class Checkpointer:
     """Save/restore (state, data iterator state, extra JSON) every `every` steps, keep `keep`."""
 
@@ -59,8 +74,12 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.keep, enable_async_checkpointing=self.async_save, create=True,
             step_name_format=ocp.step.standard_name_format())
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data", "extra"))
+        # Handlers named up front, so that a step's metadata reads before any save or
+        # restore (the parameter-shape check of restore_latest reads it first).
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": ocp.JsonCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()})
 
     def _checksum_path(self, step: int) -> str:
         return os.path.join(self.directory, CHECKSUM_DIR, f"{step}.json")
@@ -96,8 +115,11 @@ class Checkpointer:
             self._finish_pending()
 
     def close(self):
+        if self.manager is None:
+            return
         self._finish_pending()
         self.manager.close()
+        self.manager = None
 
     def _verify(self, step: int):
         path = self._checksum_path(step)
@@ -149,17 +171,55 @@ class Checkpointer:
                                          f"{'; '.join(errors)}")
         return None
 
+    def _mismatch(self, step: int, abstract_state) -> str | None:
+        """How the saved parameters differ from `abstract_state`'s, or None. A step whose
+        metadata cannot be read is left to the restore (and counted corrupt there)."""
+        try:
+            saved = self.manager.item_metadata(step)["state"]
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore will say why
+            return None
+        saved = getattr(saved, "tree", saved)
+        if not hasattr(saved, "get"):
+            return None
+        problems = []
+        for name in ("params", "router_bias"):
+            part = abstract_state.get(name) if isinstance(abstract_state, dict) else \
+                getattr(abstract_state, name, None)
+            want = _flat_shapes(part or {})
+            have = _flat_shapes(saved.get(name, {}) or {}) if hasattr(saved, "get") else {}
+            for path in sorted(set(want) | set(have)):
+                if want.get(path) != have.get(path):
+                    shown = "/".join((name,) + path)
+                    problems.append(f"{shown}: checkpoint {list(have[path]) if path in have else 'absent'}, "
+                                    f"model {list(want[path]) if path in want else 'absent'}")
+        return "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "") \
+            if problems else None
+
     def restore_latest(self, abstract_state, quarantine: bool = True) -> tuple[Any, dict, dict] | None:
         """-> (state, data_state, extra) of the newest readable checkpoint, or None.
 
-        quarantine=False is for readers of someone else's run: an unreadable step (which
-        may only mean the reader's model config differs) is reported and left in place.
+        A step that fails its seal or cannot be read is moved to corrupt/ (or, with
+        quarantine=False, reported and left in place) and the next older one tried. A
+        step whose parameters have other shapes than `abstract_state`'s is a sound
+        checkpoint of another config: CheckpointMismatchError, and nothing is moved.
         """
         self._finish_pending()
         errors = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 self._verify(step)
+            except CorruptCheckpointError as error:
+                if quarantine:
+                    self._quarantine(step, f"seal: {error}")
+                else:
+                    errors.append(f"step {step}: {error}")
+                continue
+            mismatch = self._mismatch(step, abstract_state)
+            if mismatch:
+                raise CheckpointMismatchError(
+                    f"the checkpoint at step {step} in {self.directory} is of another model "
+                    f"({mismatch}); nothing was moved: use the run's own config or a new workdir")
+            try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
                     data=ocp.args.JsonRestore(),

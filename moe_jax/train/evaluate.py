@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -21,20 +23,22 @@ def decode_response(tokenizer, ids):
 
 
 def exact_match(model_config, params, router_bias, source, tokenizer, *, task: str,
-                num_examples: int, batch_size: int, max_new_tokens: int,
-                process_index: int = 0, process_count: int = 1, show: int = 0):
+                num_examples: int, batch_size: int, max_new_tokens: int, show: int = 0,
+                placement=None):
     """-> (accuracy in [0, 1], number evaluated, a few (prompt, response, ok) samples).
 
     Greedy decoding with the MLA latent cache; the generator switches the model to a
     dispatch that never drops a token (a dropped token would silently change an answer).
+    placement (moe_jax.train.placement.Placement): sample on its mesh, the rows split over
+    the batch axes, with the params where they are; every process evaluates every problem.
     """
     verifier = get_task(task)
+    sample = generate if placement is None else functools.partial(placement.generate, generate)
 
     correct, total, samples = 0, 0, []
     for batch in eval_batches(source, tokenizer, task=task, batch_size=batch_size,
-                              num_examples=num_examples, process_index=process_index,
-                              process_count=process_count):
-        new_tokens = np.asarray(generate(
+                              num_examples=num_examples):
+        new_tokens = np.asarray(sample(
             model_config, params, router_bias, batch["prompt_tokens"], batch["prompt_lengths"],
             max_new_tokens=max_new_tokens, rng=jax.random.PRNGKey(0), temperature=0.0,
             stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)["tokens"])

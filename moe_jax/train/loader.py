@@ -22,7 +22,6 @@ runtime settings (`RUNTIME_FIELDS`: compute dtype, master dtype, remat) are kept
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -31,9 +30,10 @@ import numpy as np
 
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted
 from moe_jax.quant.checkpoint import is_quantized_checkpoint, load_quantized
+from moe_jax.train import run_config
 from moe_jax.train.checkpoint import CHECKPOINT_DIR, Checkpointer, CorruptCheckpointError
+from moe_jax.train.run_config import RUN_CONFIG_FILE
 
-RUN_CONFIG_FILE = "config.json"  # a training workdir's resolved config, written at start
 RUNTIME_FIELDS = ("dtype", "param_dtype", "remat_policy")
 
 
@@ -57,11 +57,9 @@ class LoadedModel:
 
 
 def read_run_config(workdir: str) -> ml_collections.ConfigDict | None:
-    path = os.path.join(workdir, RUN_CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    """The config a training workdir recorded when it started (None if it recorded none)."""
+    recorded = run_config.read(workdir)
+    return None if recorded is None else ml_collections.ConfigDict(recorded)
 
 
 def _training_workdir(path: str) -> tuple[str, int | None] | None:

@@ -1,22 +1,24 @@
-"""The training loop: data, jitted steps, periodic eval, checkpoints, metrics.
+"""The pretraining (and SFT) job's loop: data, the sharded jitted step, eval, checkpoints.
 
-`train_and_evaluate(config, workdir)` is what `python -m moe_jax.main` runs. Rerunning
-the same command after a crash resumes from the newest good checkpoint with the same
-parameters, optimizer state, router biases, data position and per-step rng, so the
-resumed run computes exactly what an uninterrupted one would have.
+`train_and_evaluate(config, workdir)` is what `python -m moe_jax.main` runs for the
+`pretrain` and `sft` jobs. It runs on the mesh of `config.mesh` (default: every visible
+device; one device is a plain run), through the one trainer core (moe_jax.train.trainer):
+each process reads its own shard of the grain pipeline, the state is created directly in
+its shardings, and the held-out evaluation samples on the mesh too. Rerunning the same
+command resumes from the newest good checkpoint with the same parameters, optimizer
+state, router biases, data position and per-step rng, so the resumed run computes
+exactly what an uninterrupted one would have, on this mesh or another. A rerun with a
+config that cannot continue the run stops before anything is read (run_config.py).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
 
 import grain
 import jax
 import ml_collections
-import numpy as np
 
 from moe_jax.config import validate
 from moe_jax.data.pipeline import train_dataset
@@ -26,31 +28,14 @@ from moe_jax.data.tfds_builders import load_task_split
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
-from moe_jax.train.checkpoint import Checkpointer
 from moe_jax.train.evaluate import exact_match
-from moe_jax.train.loader import RUN_CONFIG_FILE
-from moe_jax.train.metrics import MetricsWriter, Progress
+from moe_jax.train.losses import LossWeights
 from moe_jax.train.optimizer import make_optimizer
+from moe_jax.train.placement import Placement
+from moe_jax.train.run_config import check_and_record
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
-from moe_jax.train.losses import LossWeights
-
-SCALARS_CHECKED = ("loss", "ce_loss", "mtp_loss", "balance_loss", "seq_balance_loss", "z_loss",
-                   "grad_norm")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced NaN or inf; the message names the step and the quantities."""
-
-
-def check_finite(step: int, metrics: dict):
-    bad = {k: metrics[k] for k in SCALARS_CHECKED if k in metrics and not math.isfinite(metrics[k])}
-    if bad:
-        detail = ", ".join(f"{k}={v}" for k, v in bad.items())
-        raise NonFiniteLossError(
-            f"step {step}: non-finite {detail}; stopping without saving this state. "
-            f"The last checkpoint is untouched; lower optimizer.learning_rate or check the data.")
-
+from moe_jax.train.trainer import LoopSettings, NonFiniteLossError, Trainer, check_finite  # noqa: F401
 
 def validate_training_config(config: ml_collections.ConfigDict, process_count: int = 1):
     """Check every section before anything touches a device (so it runs before
@@ -93,15 +78,6 @@ def load_data(config, workdir):
     return train_source, test_source
 
 
-def _routing_summary(metrics: dict) -> dict:
-    """Per-layer routing arrays -> lists for the JSONL, plus readable scalars."""
-    out = {}
-    for key in ("routing/expert_load", "routing/dropped_fraction", "routing/bias"):
-        if key in metrics:
-            out[key] = np.asarray(metrics[key]).round(5).tolist()
-    return out
-
-
 def read_options(data_config) -> grain.ReadOptions | None:
     """data.read_threads: grain's reader threads; None (or absent) keeps grain's default.
     Prefetch already overlaps reading with the step, so on a few cores 0 threads (read
@@ -119,26 +95,27 @@ def optimizer_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     return opt_config
 
 
-def resume(checkpointer: Checkpointer, state, data_iter, workdir: str, log=print, what: str = ""):
-    """The newest good checkpoint's state, with `data_iter` moved to where it stopped;
-    `state` itself (a fresh start) when there is none."""
-    restored = checkpointer.restore_latest(state)
-    if restored is None:
-        return state
-    state, data_state, _ = restored
-    data_iter.set_state(data_state)
-    log(f"resumed {what}from step {int(state.step)} in {workdir}")
-    return state
+def check_batch_on_mesh(config, placement: Placement) -> None:
+    """The global batch must split evenly over the batch axes of the mesh."""
+    shards = placement.batch_shards
+    if config.train.batch_size % shards:
+        raise ConfigError("train.batch_size", config.train.batch_size,
+                          f"a multiple of {shards}, the product of the mesh's batch axes "
+                          f"({placement.describe()})")
 
 
-def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Write the run's resolved config to <workdir>/config.json once (process 0), so that
-    readers of the run (moe_jax.train.loader) need no --config."""
-    path = os.path.join(workdir, RUN_CONFIG_FILE)
-    if jax.process_index() == 0 and not os.path.exists(path):
-        with open(path + ".tmp", "w") as f:
-            json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-        os.replace(path + ".tmp", path)
+def log_placement(placement: Placement, state, log) -> None:
+    """What a run on many devices should say first: where everything lives."""
+    per_device = placement.bytes_per_device(state.params)
+    total = sum(x.nbytes for x in jax.tree.leaves(state.params))
+    log(f"{placement.describe()}; parameters {_size(total)}, {_size(per_device)} per device")
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print,
@@ -146,14 +123,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     """Train, checkpoint and evaluate; returns the final summary (also in summary.json).
     make_step(model, optimizer, config) -> train_step replaces the default step."""
     validate_training_config(config, jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
-    record_config(config, workdir)
+    check_and_record(config, workdir, log)  # before any data, compile or file is touched
+    placement = Placement.from_config(config)
+    check_batch_on_mesh(config, placement)
     t, m = config.train, config.model
     tokenizer = get_tokenizer(config.data.tokenizer)
     if tokenizer.vocab_size > m.vocab_size:
         raise ConfigError("model.vocab_size", m.vocab_size,
                           f"at least the tokenizer's vocabulary size {tokenizer.vocab_size}")
     train_source, test_source = load_data(config, workdir)
+    # Each process reads its own rows; together they form the global batch.
     dataset = train_dataset(train_source, tokenizer, global_batch_size=t.batch_size,
                             seq_len=config.data.seq_len, seed=t.seed, packing=config.data.packing,
                             process_index=jax.process_index(), process_count=jax.process_count(),
@@ -162,74 +141,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
 
     model = Transformer.from_config(m)
     optimizer = make_optimizer(optimizer_config(config))
-    state = create_train_state(model, optimizer, jax.random.PRNGKey(t.seed), config.data.seq_len)
-    checkpointer = Checkpointer(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint, log=log)
-    state = resume(checkpointer, state, data_iter, workdir, log)
-    start_step = int(state.step)
-
-    base_rng = jax.random.PRNGKey(t.seed + 1)
-    step = (make_step(model, optimizer, config) if make_step is not None else
-            make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate))
-    step_fn = jax.jit(step, donate_argnums=0)
-    writer = MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    tokens_per_step = t.batch_size * config.data.seq_len
-    progress = Progress(t.steps, start_step, tokens_per_step, enabled=t.progress_bar)
-
-    def evaluate(num_examples):
-        return exact_match(m, state.params, state.router_bias, test_source, tokenizer,
-                           task=config.data.task, num_examples=num_examples,
-                           batch_size=config.eval.batch_size, max_new_tokens=config.eval.max_new_tokens,
-                           show=config.eval.show)
-
-    last_scalars, start_time = {}, time.time()
-
-    def report(done, metrics):
-        """Check and log one step's metrics (reading them waits for that step)."""
-        nonlocal last_scalars
-        host = jax.device_get(metrics)
-        scalars = {k: float(v) for k, v in host.items() if np.ndim(v) == 0}
-        check_finite(done, scalars)
-        progress.update(done, scalars["loss"])
-        if done % t.log_every == 0 or done == t.steps:
-            record = dict(scalars, tokens_per_second=progress.tokens_per_second(done),
-                          **_routing_summary(host))
-            writer.write(done, record)
-            last_scalars = scalars
-
-    pending = None  # the previous step's metrics, read once the next step is dispatched
+    init = lambda rng: create_train_state(model, optimizer, rng, config.data.seq_len)  # noqa: E731
+    state, shardings = placement.create_state(model, init, jax.random.PRNGKey(t.seed), config.data.seq_len)
+    log_placement(placement, state, log)
+    trainer = Trainer(workdir, LoopSettings.from_config(config, t.batch_size * config.data.seq_len),
+                      placement, log=log)
     try:
-        for step in range(start_step, t.steps):
-            batch = next(data_iter)
-            state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, step))
-            done = step + 1
-            if pending is not None:
-                report(*pending)
-            pending = (done, metrics)
-            checkpoint = done % t.checkpoint_every == 0 or done == t.steps
-            evaluate_now = config.eval.every and done % config.eval.every == 0 and done != t.steps
-            if checkpoint or evaluate_now:
-                report(*pending)  # never save or evaluate a state whose loss is not finite
-                pending = None
-            if checkpoint:
-                checkpointer.save(done, state, data_iter.get_state(), {"seed": t.seed})
-            if evaluate_now:
-                accuracy, count, _ = evaluate(config.eval.num_examples)
-                writer.write(done, {"eval/exact_match": accuracy, "eval/examples": count})
-                progress.write(f"step {done}: held-out exact match {accuracy:.1%} on {count} problems")
+        state = trainer.restore(state, data_iter)
+        step = (make_step(model, optimizer, config) if make_step is not None else
+                make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate))
+        batch_sharding = placement.batch_sharding(2, t.batch_size)
+        step_fn = placement.jit(step, (shardings, batch_sharding, None), (shardings, None), donate_argnums=0)
+        base_rng = jax.random.PRNGKey(t.seed + 1)
+
+        def evaluate(num_examples, state):
+            return exact_match(m, state.params, state.router_bias, test_source, tokenizer,
+                               task=config.data.task, num_examples=num_examples,
+                               batch_size=config.eval.batch_size,
+                               max_new_tokens=config.eval.max_new_tokens, show=config.eval.show,
+                               placement=placement)
+
+        def periodic_eval(done, state):
+            accuracy, count, _ = evaluate(config.eval.num_examples, state)
+            return {"exact_match": accuracy, "examples": count}
+
+        state = trainer.run(
+            state, data_iter=data_iter,
+            next_batch=lambda i, s: placement.shard_batch(next(data_iter), process_local=True),
+            update=lambda s, batch, i: step_fn(s, batch, jax.random.fold_in(base_rng, i)),
+            evaluate=periodic_eval, extra={"seed": t.seed})
     finally:
         data_iter.close()
-        checkpointer.close()
-        progress.close()
 
-    train_seconds = time.time() - start_time
-    accuracy, count, samples = evaluate(config.eval.final_num_examples)
+    accuracy, count, samples = evaluate(config.eval.final_num_examples, state)
     for prompt, response, ok in samples:
         log(f"  {prompt}{response}   {'ok' if ok else 'WRONG'}")
     summary = {"step": int(state.step), "exact_match": accuracy, "eval_examples": count,
-               "final_loss": last_scalars.get("loss"), "train_seconds": round(train_seconds, 1),
-               "task": config.data.task}
-    writer.write(int(state.step), {"eval/exact_match": accuracy, "eval/examples": count})
-    writer.close()
+               "final_loss": trainer.last_scalars.get("loss"), "train_seconds": round(trainer.seconds, 1),
+               "task": config.data.task, "mesh": placement.shape}
+    trainer.write(int(state.step), {"eval/exact_match": accuracy, "eval/examples": count})
+    trainer.close()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

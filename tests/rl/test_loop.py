@@ -22,7 +22,7 @@ MICRO = [
     "model.kv_lora_rank=16", "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=8",
     "model.v_head_dim=8", "model.expert_ffn=16", "data.seq_len=64", "data.num_train=400",
     "data.num_test=40", "eval.final_num_examples=8", "eval.batch_size=8", "eval.max_new_tokens=8",
-    "eval.every=0", "eval.show=0", "train.progress_bar=False",
+    "eval.every=0", "eval.show=0", "train.progress_bar=False", "mesh.fsdp=1",
 ]
 GRPO = ["train.steps=4", "train.batch_size=2", "rl.group_size=4", "rl.max_new_tokens=8",
         "train.checkpoint_every=2", "rl.num_minibatches=2"]

@@ -27,7 +27,9 @@ class NoMoeJax:
         if name == "moe_jax" or name.startswith("moe_jax."):
             raise ImportError("moe_jax is not importable here")
 sys.meta_path.insert(0, NoMoeJax())
-sys.path = [p for p in sys.path if p and not p.startswith(sys.argv[1])]
+repo = sys.argv[1]  # the repository, but not a virtualenv that lives inside it (CI's .venv)
+sys.path = [p for p in sys.path if p and not (p == repo or (p.startswith(repo + "/")
+                                                           and not p.startswith(sys.prefix)))]
 try:
     import moe_jax
     sys.exit("moe_jax was importable")

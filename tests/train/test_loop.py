@@ -25,7 +25,7 @@ MICRO = [
     "model.v_head_dim=8", "model.expert_ffn=16", "data.seq_len=64", "train.batch_size=4",
     "data.num_train=400", "data.num_test=40", "eval.final_num_examples=8", "eval.batch_size=8",
     "eval.max_new_tokens=4", "eval.every=0", "train.log_every=1", "train.checkpoint_every=3",
-    "train.steps=12", "train.progress_bar=False", "eval.show=0",
+    "train.steps=12", "train.progress_bar=False", "eval.show=0", "mesh.fsdp=1",
 ]
 
 

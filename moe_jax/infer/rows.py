@@ -1,0 +1,74 @@
+"""Generation rows on the active mesh: split over the batch axes, gathered back whole.
+
+When a mesh is set (`jax.set_mesh`, as moe_jax.parallel.sharding.use_mesh does for a
+job), `generate` and the GRM's meta-RM prefill place their [B, ...] inputs split over the
+mesh axes the logical name "batch" maps to (data, fsdp, expert), so the sampler runs
+sharded beside parameters that stay where they are (the MoE block then runs expert-
+parallel over `expert`), and every process gets every row back. Rows are padded to a
+multiple of the batch shards with copies of the first row, which are dropped again: the
+dispatch never drops a token, so rows do not affect each other. Without a mesh (or on
+one device) these are no-ops.
+
+Every process must pass the same rows: placement is collective on several processes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp", "expert")  # without flax rules in effect
+
+
+def active_mesh():
+    """The concrete mesh set by jax.set_mesh, or None."""
+    get = getattr(jax.sharding, "get_mesh", None)
+    mesh = get() if get is not None else None
+    return None if mesh is None or mesh.empty else mesh
+
+
+def batch_axes(mesh) -> tuple[str, ...]:
+    """The mesh axes that split a batch: the flax rules' mapping of "batch" if rules are
+    in effect, else the batch-like axes the mesh has."""
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    if nn.get_logical_axis_rules():
+        entry = nn.logical_to_mesh_axes(("batch",))[0]
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    else:
+        axes = BATCH_AXES
+    return tuple(a for a in axes if a in sizes and sizes[a] > 1)
+
+
+def place_rows(*arrays):
+    """-> (rows, placed arrays): host [B, ...] arrays padded to a multiple of the batch
+    shards and split over the batch axes of the active mesh; unchanged without one."""
+    rows = int(np.shape(arrays[0])[0])
+    mesh = active_mesh()
+    axes = () if mesh is None else batch_axes(mesh)
+    if not axes:
+        return rows, arrays
+    shards = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[a] for a in axes)
+    padded = -(-rows // shards) * shards
+    sharding = NamedSharding(mesh, P(axes))
+    placed = []
+    for array in arrays:
+        array = np.asarray(array)
+        if padded != rows:
+            array = np.concatenate([array, np.repeat(array[:1], padded - rows, axis=0)])
+        placed.append(jax.make_array_from_callback(array.shape, sharding, lambda index, a=array: a[index]))
+    return rows, tuple(placed)
+
+
+def gather_rows(tree, rows: int | None):
+    """Outputs of a sharded call -> host numpy arrays of the first `rows` rows (None: all),
+    on every process (replicated first where a process does not hold them all)."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = jax.jit(lambda v: v, out_shardings=NamedSharding(x.sharding.mesh, P()))(x)
+        return np.asarray(x)[:rows]
+
+    return jax.tree.map(get, tree)
