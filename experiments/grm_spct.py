@@ -181,15 +181,15 @@ def get_config(arg=None):
 def _runlocal():
     """Every phase, tiny sizes: the smoke run tests/grm makes (about a minute on 2 cores)."""
     c = get_config("tiny")
-    c.model.d_model, c.model.num_layers, c.model.num_experts = 32, 2, 2
+    c.model.d_model, c.model.num_layers, c.model.num_experts = 32, 2, 4  # 4: splits over expert=4
     c.model.dense_ffn = c.model.expert_ffn = 32
     c.model.kv_lora_rank, c.model.qk_nope_head_dim, c.model.v_head_dim = 16, 8, 8
     c.model.qk_rope_head_dim = 8
-    c.train.batch_size = 4
+    c.train.batch_size = 8  # a multiple of 8: the smoke run also runs on 8 devices
     g = c.grm
     g.train_sets, g.test_sets, g.rft_sets, g.rft_samples = 40, 6, 6, 2
     g.cold_start_steps = g.rft_steps = g.meta_steps = 2
-    g.rl_steps, g.rl_batch_size, g.rl_group_size = 1, 2, 2
+    g.rl_steps, g.rl_batch_size, g.rl_group_size = 1, 4, 2
     g.max_new_tokens = 140  # the teacher's longest trajectory (137 tokens) must fit
     g.generate_batch_size = 32
     g.eval_ks = (1, 2)

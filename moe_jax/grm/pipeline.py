@@ -182,8 +182,9 @@ def train_and_evaluate_grm(config, workdir: str, log=print) -> dict:
     phases.check_saved_phases(config, workdir)  # before anything runs or is written
     os.makedirs(workdir, exist_ok=True)
     placement = Placement.from_config(config)
+    placement.check_model(config.model)
     log(placement.describe())
-    with placement.active():
+    with placement.generation():
         return _train_and_evaluate_grm(config, workdir, placement, log)
 
 
@@ -335,10 +336,12 @@ def _train_and_evaluate_grm(config, workdir: str, placement, log) -> dict:
                                           rl_bias, difficulty, log)
         _write_results(workdir, results)
 
-    headline = results["rft_rl"].get("metarm@8", results["rft_rl"].get(f"metarm@{max(g.eval_ks)}"))
+    headline_k = 8 if 8 in g.eval_ks else max(g.eval_ks)
+    headline = results["rft_rl"][f"metarm@{headline_k}"]
     summary = {"step": g.cold_start_steps + g.rft_steps + g.rl_steps, "exact_match": headline,
                "eval_examples": results["rft_rl"]["examples"],
-               "task": "arithmetic preference-set (MetaRM@8 best-response accuracy)",
+               "task": f"arithmetic preference-set (MetaRM@{headline_k} best-response accuracy)",
+               "headline_k": headline_k,
                "train_seconds": round(time.time() - start_time, 1),
                "rft": rft_info, "rl": rl_info, "results": results}
     with open(os.path.join(workdir, "summary.json"), "w") as f:

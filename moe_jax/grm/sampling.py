@@ -13,7 +13,7 @@ import numpy as np
 from moe_jax.grm.format import META_NO, META_YES
 from moe_jax.infer.cache import init_cache
 from moe_jax.infer.generate import generate, prefill
-from moe_jax.infer.rows import gather_rows, place_rows
+from moe_jax.infer.rows import gather_rows, place_rows, sampling_context
 from moe_jax.rl.rollout import left_padded_prompts
 from moe_jax.train.evaluate import decode_response
 
@@ -70,7 +70,8 @@ def meta_scores(model_config, params, router_bias, meta_prompts, tokenizer, *, p
         # Split over the batch axes under a job's mesh (moe_jax.infer.rows).
         rows, (batch_tokens, batch_lengths) = place_rows(tokens[index], lengths[index])
         cache = init_cache(model_config, batch_tokens.shape[0], prompt_len)
-        logits, _ = prefill(model_config, params, router_bias, cache, batch_tokens, batch_lengths)
+        with sampling_context():
+            logits, _ = prefill(model_config, params, router_bias, cache, batch_tokens, batch_lengths)
         logits = gather_rows(logits, rows)
         logp = jax.nn.log_softmax(np.asarray(logits, np.float32), axis=-1)
         ratings.append(np.asarray(logp[:, yes] - logp[:, no])[:real])

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from moe_jax.infer.cache import KVCache, init_cache
-from moe_jax.infer.rows import gather_rows, place_rows
+from moe_jax.infer.rows import gather_rows, place_rows, sampling_context
 from moe_jax.infer.sampling import sample_tokens, token_logprobs
 from moe_jax.models.transformer import forward_with_cache
 
@@ -180,13 +180,14 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
         rng = jax.random.PRNGKey(0)
     rows, (prompt_tokens, prompt_lengths) = place_rows(np.asarray(prompt_tokens, np.int32),
                                                        np.asarray(prompt_lengths, np.int32))
-    out = _generate(params, router_bias or {}, jnp.asarray(prompt_tokens, jnp.int32),
-                     jnp.asarray(prompt_lengths, jnp.int32), rng, m=_frozen(model_config),
-                     max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                     top_k=int(top_k), top_p=float(top_p),
-                     stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
-                     cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
-                     vocab_limit=None if vocab_limit is None else int(vocab_limit))
+    with sampling_context():
+        out = _generate(params, router_bias or {}, jnp.asarray(prompt_tokens, jnp.int32),
+                        jnp.asarray(prompt_lengths, jnp.int32), rng, m=_frozen(model_config),
+                        max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                        top_k=int(top_k), top_p=float(top_p),
+                        stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
+                        cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
+                        vocab_limit=None if vocab_limit is None else int(vocab_limit))
     return gather_rows(out, rows) if rows != out["tokens"].shape[0] or _sharded(out) else out
 
 

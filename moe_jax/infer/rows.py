@@ -1,8 +1,9 @@
 """Generation rows on the active mesh: split over the batch axes, gathered back whole.
 
-When a mesh is set (`jax.set_mesh`, as moe_jax.parallel.sharding.use_mesh does for a
-job), `generate` and the GRM's meta-RM prefill place their [B, ...] inputs split over the
-mesh axes the logical name "batch" maps to (data, fsdp, expert), so the sampler runs
+When a mesh is set (`jax.set_mesh`, as moe_jax.parallel.sharding.use_mesh does, or
+`generation_mesh` for a stretch of code that samples between training steps), `generate`
+and the GRM's meta-RM prefill place their [B, ...] inputs split over the mesh axes the
+logical name "batch" maps to (data, fsdp, expert), so the sampler runs
 sharded beside parameters that stay where they are (the MoE block then runs expert-
 parallel over `expert`), and every process gets every row back. Rows are padded to a
 multiple of the batch shards with copies of the first row, which are dropped again: the
@@ -14,6 +15,8 @@ Every process must pass the same rows: placement is collective on several proces
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import flax.linen as nn
@@ -22,20 +25,56 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ("data", "fsdp", "expert")  # without flax rules in effect
+_GENERATION = contextvars.ContextVar("moe_jax_generation_mesh", default=None)  # (mesh, rules)
 
 
-def active_mesh():
-    """The concrete mesh set by jax.set_mesh, or None."""
+@contextlib.contextmanager
+def generation_mesh(mesh, rules):
+    """Sample on `mesh` (with these logical axis rules) inside the block, without making
+    the mesh current for everything else (building states, say, which runs outside it)."""
+    token = _GENERATION.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _GENERATION.reset(token)
+
+
+@contextlib.contextmanager
+def sampling_context():
+    """What a sampling call runs under: the generation mesh and its rules, when one is set
+    and jax has no mesh of its own current; else nothing."""
+    pending = _GENERATION.get()
+    if pending is None or _jax_mesh() is not None:
+        yield
+        return
+    mesh, rules = pending
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def _jax_mesh():
     get = getattr(jax.sharding, "get_mesh", None)
     mesh = get() if get is not None else None
     return None if mesh is None or mesh.empty else mesh
+
+
+def active_mesh():
+    """The concrete mesh sampling runs on: jax's current one, else the generation mesh."""
+    mesh = _jax_mesh()
+    if mesh is None and _GENERATION.get() is not None:
+        mesh = _GENERATION.get()[0]
+    return mesh
 
 
 def batch_axes(mesh) -> tuple[str, ...]:
     """The mesh axes that split a batch: the flax rules' mapping of "batch" if rules are
     in effect, else the batch-like axes the mesh has."""
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    if nn.get_logical_axis_rules():
+    if _jax_mesh() is None and _GENERATION.get() is not None:
+        with nn.logical_axis_rules(_GENERATION.get()[1]):
+            entry = nn.logical_to_mesh_axes(("batch",))[0]
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    elif nn.get_logical_axis_rules():
         entry = nn.logical_to_mesh_axes(("batch",))[0]
         axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
     else:

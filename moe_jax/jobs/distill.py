@@ -60,6 +60,8 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
     os.makedirs(workdir, exist_ok=True)
     d = c.distill
     placement = Placement.from_config(c)
+    placement.check_model(c.model)
+    placement.check_model(c.student_model)
     log(placement.describe())
     t0 = time.time()
     tokenizer = get_tokenizer(c.data.tokenizer)

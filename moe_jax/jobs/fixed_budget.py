@@ -20,6 +20,7 @@ from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, save_converted
 from moe_jax.train.evaluate import exact_match
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.loader import load_model
+from moe_jax.train.loop import primary_first
 from moe_jax.train.losses import LossWeights
 from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.placement import replicate_to_host
@@ -33,8 +34,8 @@ def task_splits(config, difficulty, workdir: str):
     d = config.data
     data_dir = d.data_dir or os.path.join(workdir, "data")
     args = dict(num_train=d.num_train, num_test=d.num_test, seed=d.seed, **difficulty)
-    return (load_task_split(d.task, "train", data_dir, **args),
-            load_task_split(d.task, "test", data_dir, **args))
+    return primary_first(lambda: (load_task_split(d.task, "train", data_dir, **args),
+                                  load_task_split(d.task, "test", data_dir, **args)))
 
 
 def batches(config, source, tokenizer, seed: int):

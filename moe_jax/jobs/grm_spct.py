@@ -20,7 +20,7 @@ def run(config, workdir: str, *, experiment=None, log=print) -> Summary:
     del experiment  # the pipeline's phases are fixed; its settings live in config.grm
     result = train_and_evaluate_grm(config, workdir, log=log)
     log(format_table(result["results"], config.grm.eval_ks))
-    return Summary(job="grm_spct", metric="held-out best-response accuracy (MetaRM@8)",
+    return Summary(job="grm_spct", metric=f"held-out best-response accuracy (MetaRM@{result['headline_k']})",
                    value=result["exact_match"], steps=result["step"],
                    seconds=result["train_seconds"], examples=result["eval_examples"],
                    unit="preference sets", details=result)

@@ -55,6 +55,7 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
     validate(c)
     os.makedirs(workdir, exist_ok=True)
     placement = Placement.from_config(c)
+    placement.check_model(c.model)
     log(placement.describe())
     t0 = time.time()
     tokenizer = get_tokenizer(c.data.tokenizer)

@@ -7,6 +7,10 @@ jitted call, a mesh). Settings come from the arguments, else from the environmen
     JAX_NUM_PROCESSES         total number of processes
     JAX_PROCESS_ID            this process's index, 0 .. num_processes - 1
 
+    MOE_JAX_INIT_TIMEOUT       seconds to wait for every process to join (JAX: 300)
+    MOE_JAX_HEARTBEAT_TIMEOUT  seconds of silence after which a peer counts as dead and
+                               every other process stops with an error (JAX: 100)
+
 With fewer than two processes it does nothing. `auto=True` lets JAX detect a cluster
 (SLURM, Open MPI, Kubernetes, Cloud TPU) when nothing is given explicitly.
 
@@ -73,6 +77,10 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         return True
     settings = resolve_settings(coordinator_address, num_processes, process_id)
     timeouts = {}
+    if initialization_timeout is None:
+        initialization_timeout = _env_int("MOE_JAX_INIT_TIMEOUT")
+    if heartbeat_timeout_seconds is None:
+        heartbeat_timeout_seconds = _env_int("MOE_JAX_HEARTBEAT_TIMEOUT")
     if initialization_timeout is not None:
         timeouts["initialization_timeout"] = int(initialization_timeout)
     if heartbeat_timeout_seconds is not None:

@@ -104,6 +104,7 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, init_dir: str, r
     # An SFT workdir, or a model directory that brings its own model config.
     start = load_model(init_dir, config.model, log=log)
     m = start.model_config
+    placement.check_model(m)
     policy = Transformer.from_config(m)
     optimizer = make_optimizer(optimizer_config(config))
     init = lambda rng: create_train_state(policy, optimizer, rng, 8)  # noqa: E731

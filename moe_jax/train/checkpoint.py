@@ -49,6 +49,14 @@ class CheckpointMismatchError(ValueError):
     corruption: nothing is moved."""
 
 
+def _barrier(name: str) -> None:
+    """Every process waits here for the others (nothing on a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # the supported cross-process barrier
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _flat_shapes(tree, prefix=()) -> dict[tuple, tuple]:
     """Nested dicts (of arrays, ShapeDtypeStructs or orbax metadata) -> {path: shape}."""
     if isinstance(tree, dict) or hasattr(tree, "items"):
@@ -85,18 +93,23 @@ class Checkpointer:
         return os.path.join(self.directory, CHECKSUM_DIR, f"{step}.json")
 
     def _finish_pending(self):
-        """Wait for the in-flight save, then seal it with checksums."""
+        """Wait for the in-flight save, then seal it with checksums. On several processes
+        every one has written its shards before process 0, alone, seals the step (on a
+        shared filesystem; where each host has its own disk it seals what it sees)."""
         if self._pending is None:
             return
         self.manager.wait_until_finished()
+        _barrier("moe_jax: checkpoint written")
         step_dir = os.path.join(self.directory, str(self._pending))
-        if os.path.isdir(step_dir):
+        if jax.process_index() == 0 and os.path.isdir(step_dir):
             tmp = self._checksum_path(self._pending) + ".tmp"
             with open(tmp, "w") as f:
                 json.dump(_file_digests(step_dir), f)
             os.replace(tmp, self._checksum_path(self._pending))
         self._pending = None
-        self._drop_stale_checksums()
+        if jax.process_index() == 0:
+            self._drop_stale_checksums()
+        _barrier("moe_jax: checkpoint sealed")
 
     def _drop_stale_checksums(self):
         kept = {str(s) for s in self.manager.all_steps()}
@@ -135,13 +148,18 @@ class Checkpointer:
                 f"missing files {missing[:5]}" if missing else f"files changed since saved: {changed[:5]}")
 
     def _quarantine(self, step: int, reason: str):
-        os.makedirs(self.corrupt_dir, exist_ok=True)
+        """Move a corrupt step out of the manager's sight (process 0; every process has
+        found the same damage in the shared files and waits for the move)."""
         target = os.path.join(self.corrupt_dir, f"{step}-{int(time.time())}")
-        shutil.move(os.path.join(self.directory, str(step)), target)
-        if os.path.exists(self._checksum_path(step)):
-            os.remove(self._checksum_path(step))
-        self.log(f"checkpoint at step {step} is corrupt ({reason}); moved to {target}, "
-                 f"falling back to the previous one")
+        _barrier(f"moe_jax: step {step} found corrupt")
+        if jax.process_index() == 0:
+            os.makedirs(self.corrupt_dir, exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+            if os.path.exists(self._checksum_path(step)):
+                os.remove(self._checksum_path(step))
+            self.log(f"checkpoint at step {step} is corrupt ({reason}); moved to {target}, "
+                     f"falling back to the previous one")
+        _barrier(f"moe_jax: step {step} set aside")
         self.manager.close()
         self._open()
 

@@ -68,12 +68,26 @@ def _check_dataset_fields(source, task: str):
                        f"{sorted(record)}")
 
 
+def primary_first(fn):
+    """fn() on process 0, then, once every process has waited for it, on the others: a
+    dataset generated into a shared directory is written once, not raced by every host
+    (on hosts with their own disks each still generates its copy)."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils  # the supported cross-process barrier
+
+    result = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("moe_jax: process 0 prepared the data")
+    return result if jax.process_index() == 0 else fn()
+
+
 def load_data(config, workdir):
     d = config.data
     data_dir = d.data_dir or os.path.join(workdir, "data")
     split_args = dict(num_train=d.num_train, num_test=d.num_test, seed=d.seed, **d.difficulty)
-    train_source = load_task_split(d.task, "train", data_dir, **split_args)
-    test_source = load_task_split(d.task, "test", data_dir, **split_args)
+    train_source, test_source = primary_first(lambda: (
+        load_task_split(d.task, "train", data_dir, **split_args),
+        load_task_split(d.task, "test", data_dir, **split_args)))
     _check_dataset_fields(train_source, d.task)
     return train_source, test_source
 
@@ -126,6 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     check_and_record(config, workdir, log)  # before any data, compile or file is touched
     placement = Placement.from_config(config)
     check_batch_on_mesh(config, placement)
+    placement.check_model(config.model)
     t, m = config.train, config.model
     tokenizer = get_tokenizer(config.data.tokenizer)
     if tokenizer.vocab_size > m.vocab_size:

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from moe_jax.infer.rows import gather_rows
+from moe_jax.infer.rows import gather_rows, generation_mesh
+from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.parallel import sharding as sh
 from moe_jax.parallel.mesh import make_mesh, mesh_config_of
@@ -60,6 +61,14 @@ class Placement:
         axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
         return math.prod(self.shape[a] for a in axes)
 
+    def check_model(self, model_config) -> None:
+        """The routed experts must split over the expert axis: a ConfigError naming the
+        field before anything is built, rather than a shape error inside a trace."""
+        experts = self.shape.get("expert", 1)
+        if model_config.num_experts % experts:
+            raise ConfigError("model.num_experts", model_config.num_experts,
+                              f"a multiple of mesh.expert = {experts}")
+
     def describe(self) -> str:
         shape = " x ".join(f"{k}={v}" for k, v in self.shape.items())
         kinds = sorted({d.platform for d in self.mesh.devices.flat})
@@ -92,8 +101,8 @@ class Placement:
         return params, self.put(router_bias, jax.tree.map(lambda _: replicated, router_bias))
 
     def bytes_per_device(self, tree) -> int:
-        """Bytes of `tree` held by the first device (its largest share for these rules)."""
-        device = self.mesh.devices.flat[0]
+        """Bytes of `tree` held by this process's first device in the mesh."""
+        device = next(d for d in self.mesh.devices.flat if d.process_index == jax.process_index())
         total = 0
         for x in jax.tree.leaves(tree):
             for shard in x.addressable_shards:
@@ -122,10 +131,11 @@ class Placement:
     def replicated(self):
         return NamedSharding(self.mesh, P())
 
-    def active(self):
-        """A context in which the mesh and rules are current: jitted steps trace under it
-        and generation splits its rows over it (moe_jax.infer.rows)."""
-        return sh.use_mesh(self.mesh, self.rules)
+    def generation(self):
+        """A context in which sampling (generate, the meta RM's prefill) runs on this mesh,
+        its rows split over the batch axes (moe_jax.infer.rows), while everything else
+        (state building, jitted steps with their own shardings) runs as it would."""
+        return generation_mesh(self.mesh, self.rules)
 
     def run(self, fn, *args, **kwargs):
         """Call `fn` (which may jit) with the mesh and rules current."""

@@ -28,6 +28,7 @@ does not stall the device.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 
@@ -112,7 +113,13 @@ class Trainer:
             return state
         state, data_state, _ = restored
         if data_iter is not None:
-            data_iter.set_state(data_state)
+            own = own_data_state(data_state)
+            if own is None:
+                self.log(f"the checkpoint's data positions are of {len(data_state['per_process'])} "
+                         f"processes, this run has {jax.process_count()}: each process's input "
+                         f"pipeline starts a new pass (the parameters continue exactly)")
+            else:
+                data_iter.set_state(own)
         self.log(f"resumed {self.name}from step {int(state.step)} in {self.workdir}")
         return state
 
@@ -166,7 +173,7 @@ class Trainer:
                         report(*pending)  # never save or evaluate a state whose loss is not finite
                         pending = None
                     if save:
-                        data_state = data_iter.get_state() if data_iter is not None else {}
+                        data_state = every_process_data_state(data_iter) if data_iter is not None else {}
                         self.checkpointer.save(done, state, data_state, extra or {})
                     if preempted:
                         if self.checkpointer is not None:
@@ -195,6 +202,34 @@ class Trainer:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+def every_process_data_state(data_iter) -> dict:
+    """The data iterators' positions of every process, for the checkpoint (which only
+    process 0 writes): each process reads its own shard of the pipeline, and packing
+    consumes a different number of examples per batch in each, so positions differ."""
+    state = data_iter.get_state()
+    if jax.process_count() == 1:
+        return state
+    from jax.experimental import multihost_utils  # the supported cross-process gather
+
+    encoded = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.asarray([len(encoded)], np.int32))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:len(encoded)] = encoded
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return {"per_process": [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, lengths)]}
+
+
+def own_data_state(saved: dict) -> dict | None:
+    """This process's position in a checkpoint's data state; None when the checkpoint was
+    written by another number of processes (each shard of the stream is then another)."""
+    if "per_process" not in saved:
+        return saved if jax.process_count() == 1 else None
+    per_process = saved["per_process"]
+    if len(per_process) != jax.process_count():
+        return None
+    return per_process[jax.process_index()]
 
 
 def _abstract_like(state):

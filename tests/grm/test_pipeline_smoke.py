@@ -13,14 +13,22 @@ from helpers import REPO, outside_env
 from moe_jax.config import load_config
 
 
-@pytest.mark.slow
-def test_pipeline_runs_every_phase_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    """The runlocal pipeline as a user runs it, from another directory."""
+    tmp_path = tmp_path_factory.mktemp("grm")
     work = tmp_path / "grm"
     out = subprocess.run([sys.executable, "-m", "moe_jax.main",
                           f"--config={REPO}/experiments/grm_spct.py:runlocal", f"--workdir={work}"],
                          cwd=tmp_path, env=outside_env(), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "MetaRM@8" in out.stdout.splitlines()[-1]
+    return work, out.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_phase_and_resumes(one_device):
+    work, stdout = one_device
+    assert "MetaRM@2" in stdout.splitlines()[-1]  # the largest k of the smoke run
     summary = json.load(open(work / "summary.json"))
     for key in ("exact_match", "eval_examples", "task", "step", "train_seconds"):
         assert key in summary, key
@@ -54,3 +62,20 @@ def test_pipeline_runs_every_phase_and_resumes(tmp_path):
     again = train_and_evaluate_grm(config, str(work), log=logged.append)
     assert again["results"] == results
     assert sum("loaded from" in line for line in logged) == 4  # best-of-n is stored
+
+
+@pytest.mark.slow
+def test_pipeline_on_8_devices_trains_as_one_device_does(one_device, tmp_path):
+    """Every phase on expert=4 x data=2 (sampling sharded too); the first phase's losses
+    equal the one-device run's."""
+    from moe_jax.jobs import grm_spct
+
+    config = load_config("experiments/grm_spct.py:runlocal",
+                         ["mesh.data=2", "mesh.fsdp=1", "mesh.expert=4", "mesh.tensor=1"])
+    summary = grm_spct.run(config, str(tmp_path / "grm"), log=lambda *_: None)
+    assert 0.0 <= summary.value <= 1.0
+    work, _ = one_device
+    one = json.load(open(work / "models" / "cold_start" / "info.json"))
+    eight = json.load(open(tmp_path / "grm" / "models" / "cold_start" / "info.json"))
+    assert one["records"] == eight["records"]
+    assert abs(eight["final_loss"] - one["final_loss"]) <= 1e-4 * abs(one["final_loss"]), (one, eight)
