@@ -3,7 +3,6 @@ expert=4 x data=2: the expert axis spans both processes, so tokens cross them. A
 killed mid-run stops the other with an error within the heartbeat timeout; rerunning
 both resumes, and the losses equal an uninterrupted two-process run's."""
 
-import os
 import signal
 import socket
 import subprocess
