@@ -14,6 +14,15 @@ Prints ONE JSON line:
 
     python benchmarks/decode.py                       # B=8, prompt 16, 112 new tokens
     python benchmarks/decode.py --batch 1 --new-tokens 240
+
+With --speculative it measures instead speculative decoding with the MTP module
+(moe_jax/infer/speculative.py) of a trained model (--checkpoint: a run trained with
+model.mtp_depth >= 1) on the held-out problems of its task, against plain cached
+decoding of the same prompts: greedy tokens identical to plain decoding (counted per
+problem), the fraction of drafts accepted (greedy and at temperature 1), and tokens/s
+of both, timed interleaved (plain, speculative, plain, ...) per batch of prompts.
+
+    python benchmarks/decode.py --speculative --checkpoint runs/arith_mtp --examples 1000
 """
 
 from __future__ import annotations
@@ -42,7 +51,16 @@ def parse_args():
     p.add_argument("--new-tokens", type=int, default=112)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args()
+    p.add_argument("--speculative", action="store_true", help="MTP drafts vs plain decoding")
+    p.add_argument("--checkpoint", help="--speculative: a run (or model directory) trained with MTP")
+    p.add_argument("--config", help="--speculative: the experiment the run ran, if it records none")
+    p.add_argument("--examples", type=int, default=1000, help="--speculative: held-out problems")
+    p.add_argument("--eval-batch", type=int, default=250, help="--speculative: prompts per generate call")
+    args = p.parse_args()
+    if args.speculative and not args.checkpoint:
+        p.error("--speculative needs --checkpoint: a model trained with model.mtp_depth >= 1 "
+                "(random weights would reject nearly every draft)")
+    return args
 
 
 def v3_cache_figures():
@@ -105,10 +123,69 @@ def _full_apply(model):
     return _APPLY[id(model)]
 
 
+def speculative_figures(args):
+    """Plain vs speculative decoding of a trained MTP model on held-out problems."""
+    from moe_jax.data.pipeline import eval_batches
+    from moe_jax.data.tokenizer import get_tokenizer
+    from moe_jax.train.loader import load_model, read_run_config
+    from moe_jax.train.loop import load_data
+
+    config = load_config(args.config) if args.config else read_run_config(args.checkpoint)
+    if config is None:
+        raise SystemExit(f"{args.checkpoint} records no config: pass --config")
+    loaded = load_model(args.checkpoint, config.model, log=lambda *_: None)
+    m = inference_config(loaded.model_config)
+    if m.mtp_depth < 1:
+        raise SystemExit(f"{args.checkpoint}: model.mtp_depth = {m.mtp_depth}; train with MTP")
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    _, test = load_data(config, args.checkpoint)
+    batches = list(eval_batches(test, tokenizer, task=config.data.task, batch_size=args.eval_batch,
+                                num_examples=args.examples))
+    n = config.eval.max_new_tokens
+
+    def run(batch, temperature, speculative):
+        return generate(m, loaded.params, loaded.router_bias, batch["prompt_tokens"],
+                        batch["prompt_lengths"], max_new_tokens=n, temperature=temperature,
+                        rng=jax.random.PRNGKey(args.seed), stop_tokens=(tokenizer.eos_id,),
+                        pad_id=tokenizer.pad_id, speculative=speculative)
+
+    figures = {"checkpoint": args.checkpoint, "examples": sum(len(b["examples"]) for b in batches),
+               "new_tokens_max": n, "batch": args.eval_batch}
+    for temperature, name in ((0.0, "greedy"), (1.0, "t1")):
+        tokens, seconds = {False: 0, True: 0}, {False: 0.0, True: 0.0}
+        same = proposed = accepted = 0
+        for batch in batches:
+            # The first call of each compiles (and gives the outputs: the rng is fixed).
+            outs = {spec: jax.block_until_ready(run(batch, temperature, spec)) for spec in (False, True)}
+            times = {False: [], True: []}
+            for _ in range(args.rounds):
+                for spec in (False, True):
+                    times[spec].append(_timed(lambda: run(batch, temperature, spec))[0])
+            for spec in (False, True):
+                tokens[spec] += int(np.sum(outs[spec]["lengths"]))
+                seconds[spec] += statistics.median(times[spec])
+            same += int(np.all(np.asarray(outs[True]["tokens"]) == np.asarray(outs[False]["tokens"]),
+                               axis=1).sum())
+            proposed += int(np.sum(outs[True]["draft_proposed"]))
+            accepted += int(np.sum(outs[True]["draft_accepted"]))
+        if temperature == 0.0:
+            figures["greedy_identical"] = same
+        figures[f"{name}_acceptance"] = round(accepted / max(proposed, 1), 4)
+        figures[f"{name}_plain_tokens_per_s"] = round(tokens[False] / seconds[False], 1)
+        figures[f"{name}_speculative_tokens_per_s"] = round(tokens[True] / seconds[True], 1)
+        figures[f"{name}_speculative_over_plain_speed"] = round(
+            (tokens[True] / seconds[True]) / (tokens[False] / seconds[False]), 3)
+    return figures
+
+
 def main():
     args = parse_args()
-    figures = {"benchmark": "decode", "backend": jax.default_backend(), **v3_cache_figures(),
-               **tiny_decode_figures(args)}
+    if args.speculative:
+        figures = {"benchmark": "decode_speculative", "backend": jax.default_backend(),
+                   **speculative_figures(args)}
+    else:
+        figures = {"benchmark": "decode", "backend": jax.default_backend(), **v3_cache_figures(),
+                   **tiny_decode_figures(args)}
     print(json.dumps(figures))
 
 

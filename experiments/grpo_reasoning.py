@@ -52,6 +52,12 @@ def get_config(arg=None):
     c.rl.eps_low, c.rl.eps_high = 0.2, 0.28  # DAPO's clip-higher
     c.rl.beta = 0.001  # KL weight (DeepSeek-R1-Zero)
     c.rl.aggregation = "sequence"  # GRPO; "token" (DAPO) or "dr_grpo"
+    # Sparse-MoE RL (moe_jax/rl/grpo.py, moe_jax/rl/router_health.py):
+    c.rl.importance = "token"  # GRPO's per-token ratios; "sequence": GSPO's sequence ratio
+    c.rl.gspo_eps_low, c.rl.gspo_eps_high = 3e-4, 4e-4  # GSPO's own clip range (the paper's)
+    c.rl.routing_replay = False  # the update runs the experts the rollout used
+    c.rl.update_router_bias = False  # keep the balancing biases frozen during RL
+    c.rl.speculative = False  # rollouts drafted by the MTP module (needs model.mtp_depth >= 1)
     c.rl.scale_by_std = True  # False: Dr. GRPO's advantages
     c.rl.num_minibatches = 2  # optimizer steps per rollout batch
     c.rl.format_weight = 0.1
@@ -78,6 +84,11 @@ def get_config(arg=None):
 
 
 def sweep():
-    """Group size x KL weight x clip range."""
-    return [{"config.rl.group_size": g, "config.rl.beta": beta, "config.rl.eps_high": eps}
+    """Group size x KL weight x clip range; then GRPO vs GSPO, each with and without routing
+    replay, over three seeds (experiments/RESULTS.md: "GRPO vs GSPO on a sparse MoE")."""
+    grid = [{"config.rl.group_size": g, "config.rl.beta": beta, "config.rl.eps_high": eps}
             for g in (4, 8, 16) for beta in (0.0, 0.001, 0.01) for eps in (0.2, 0.28)]
+    moe_rl = [{"config.rl.importance": importance, "config.rl.routing_replay": replay,
+               "config.train.seed": seed}
+              for importance in ("token", "sequence") for replay in (False, True) for seed in (0, 1, 2)]
+    return grid + moe_rl

@@ -3,14 +3,16 @@
     moe-jax sample --checkpoint WORKDIR --prompt "12+34=" [--prompt ...]
         [--temperature 0.7 --top-k 0 --top-p 0.95] [--max-new-tokens 64] [--seed 0]
         [--config experiments/pretrain_arith.py:tiny] [--config.model.dispatch=reference]
-        [--tokenizer char] [--json]
+        [--tokenizer char] [--json] [--speculative]
 
 --checkpoint is anything the one loader reads (moe_jax.train.loader): a training
 workdir (its newest sealed checkpoint; also its `checkpoints/` dir, one `<step>` dir
 or that step's `state` dir), a model directory (`moe-jax convert`) or a quantised
 export (`moe-jax quantize`, dequantised on load). --config is needed only for a
 workdir that records no config. The prompt is encoded as training does (<bos> + text);
-generation stops at <eos>.
+generation stops at <eos>. --speculative drafts each next token with the model's MTP
+module and verifies it in the same forward (a model trained with model.mtp_depth >= 1):
+the same greedy output, samples from the same distribution, fewer forward passes.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def _sample(args) -> int:
         model_config, params, router_bias, tokenizer_name = load_for_sampling(args)
     except (FileNotFoundError, ValueError, CorruptCheckpointError) as e:
         return error("sample", e)
+    if args.speculative and model_config.mtp_depth < 1:
+        return error("sample", f"--speculative drafts with the MTP module, and this model has "
+                               f"model.mtp_depth={model_config.mtp_depth} (expected >= 1)")
     tokenizer = get_tokenizer(args.tokenizer or tokenizer_name)
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     encoded = [bos + tokenizer.encode(p) for p in args.prompt]
@@ -64,15 +69,19 @@ def _sample(args) -> int:
                    max_new_tokens=args.max_new_tokens, rng=jax.random.PRNGKey(args.seed),
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
-                   vocab_limit=min(tokenizer.vocab_size, model_config.vocab_size))
+                   vocab_limit=min(tokenizer.vocab_size, model_config.vocab_size),
+                   speculative=args.speculative)
     tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
     logprobs = np.asarray(out["logprobs"])
     for row, prompt in enumerate(args.prompt):
         completion = tokenizer.decode(tokens[row, :lengths[row]].tolist())
         if args.json:
-            print(json.dumps({"prompt": prompt, "completion": completion,
-                              "tokens": int(lengths[row]),
-                              "logprob": float(logprobs[row, :lengths[row]].sum())}))
+            record = {"prompt": prompt, "completion": completion, "tokens": int(lengths[row]),
+                      "logprob": float(logprobs[row, :lengths[row]].sum())}
+            if args.speculative:
+                record["drafts_accepted"] = int(out["draft_accepted"][row])
+                record["drafts_proposed"] = int(out["draft_proposed"][row])
+            print(json.dumps(record))
         else:
             print(prompt + completion)
     return 0
@@ -92,4 +101,6 @@ def add_sample_command(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--tokenizer", help="'char' or a tokenizer.json path (default: the run's)")
     s.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    s.add_argument("--speculative", action="store_true",
+                   help="draft with the model's MTP module, verify with the model (same output distribution)")
     s.set_defaults(func=_sample)

@@ -27,7 +27,7 @@ import numpy as np
 
 from moe_jax.infer.cache import KVCache, init_cache
 from moe_jax.infer.rows import gather_rows, place_rows, sampling_context
-from moe_jax.infer.sampling import sample_tokens, token_logprobs
+from moe_jax.infer.sampling import limit_vocab, sample_tokens, token_logprobs
 from moe_jax.models.transformer import forward_with_cache
 
 
@@ -53,8 +53,8 @@ def _frozen(model_config):
     return inference_config(model_config)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _prefill(m, params, router_bias, cache: KVCache, prompt_tokens, prompt_lengths):
+def prefill_details(m, params, router_bias, cache: KVCache, prompt_tokens, prompt_lengths):
+    """Traced prefill -> (logits [B, P, V], cache, details of `forward_with_cache`)."""
     batch, prompt_len = prompt_tokens.shape
     lengths = prompt_lengths.astype(jnp.int32)
     index = jnp.arange(prompt_len, dtype=jnp.int32)[None, :]
@@ -62,12 +62,17 @@ def _prefill(m, params, router_bias, cache: KVCache, prompt_tokens, prompt_lengt
     real = index >= left_pad  # [B, P]
     positions = jnp.maximum(index - left_pad, 0)
     cache = cache.replace(lengths=lengths, index=jnp.asarray(prompt_len, jnp.int32))
-    logits, arrays = forward_with_cache(
+    logits, arrays, details = forward_with_cache(
         m, params, router_bias, prompt_tokens.astype(jnp.int32), positions, real.astype(jnp.int32),
-        cache.arrays(), jnp.zeros((), jnp.int32), cache.valid(prompt_len), prefill=True)
+        cache.arrays(), jnp.zeros((), jnp.int32), cache.valid(prompt_len), prefill=True, details=True)
     cache = cache.replace(c_kv={k: v[0] for k, v in arrays.items()},
                           k_rope={k: v[1] for k, v in arrays.items()})
-    return logits, cache
+    return logits, cache, details
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _prefill(m, params, router_bias, cache: KVCache, prompt_tokens, prompt_lengths):
+    return prefill_details(m, params, router_bias, cache, prompt_tokens, prompt_lengths)[:2]
 
 
 def prefill(model_config, params, router_bias, cache: KVCache, prompt_tokens, prompt_lengths,
@@ -82,18 +87,22 @@ def prefill(model_config, params, router_bias, cache: KVCache, prompt_tokens, pr
     return (logits if all_logits else logits[:, -1]), cache
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _extend(m, params, router_bias, cache: KVCache, tokens):
+def _extend_details(m, params, router_bias, cache: KVCache, tokens):
     new = tokens.shape[1]
     positions = cache.lengths[:, None] + jnp.arange(new, dtype=jnp.int32)[None, :]
     segment_ids = jnp.ones(tokens.shape, jnp.int32)
-    logits, arrays = forward_with_cache(
+    logits, arrays, details = forward_with_cache(
         m, params, router_bias, tokens.astype(jnp.int32), positions, segment_ids, cache.arrays(),
-        cache.index, cache.valid(cache.index + new), prefill=False)
+        cache.index, cache.valid(cache.index + new), prefill=False, details=True)
     cache = cache.replace(c_kv={k: v[0] for k, v in arrays.items()},
                           k_rope={k: v[1] for k, v in arrays.items()},
                           lengths=cache.lengths + new, index=cache.index + new)
-    return logits, cache
+    return logits, cache, details
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _extend(m, params, router_bias, cache: KVCache, tokens):
+    return _extend_details(m, params, router_bias, cache, tokens)[:2]
 
 
 def extend(model_config, params, router_bias, cache: KVCache, tokens):
@@ -110,27 +119,41 @@ def decode_step(model_config, params, router_bias, cache: KVCache, tokens):
     return logits[:, 0], cache
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "m", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id",
-    "cache_dtype", "vocab_limit"))
+GENERATE_STATIC = ("m", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id",
+                   "cache_dtype", "vocab_limit", "record_experts")
+
+
+def stopped(token, stop_tokens) -> jax.Array:
+    """bool [B]: token [B] is one of the stop tokens."""
+    if not stop_tokens:
+        return jnp.zeros(token.shape, bool)
+    return jnp.any(token[:, None] == jnp.asarray(stop_tokens, jnp.int32)[None, :], axis=-1)
+
+
+def expert_record(prompt_experts, max_new_tokens: int):
+    """The rollout's experts: int32 [B, P + N, M, K], the prompt's filled in from prefill
+    ([B, P, M, K]); each fed token's are written at its column as decoding goes."""
+    batch, prompt_len, layers, top_k = prompt_experts.shape
+    record = jnp.zeros((batch, prompt_len + max_new_tokens, layers, top_k), jnp.int32)
+    return record.at[:, :prompt_len].set(prompt_experts)
+
+
+@functools.partial(jax.jit, static_argnames=GENERATE_STATIC)
 def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max_new_tokens,
-              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype, vocab_limit):
+              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype, vocab_limit, record_experts):
     batch, prompt_len = prompt_tokens.shape
     cache = init_cache(m, batch, prompt_len + max_new_tokens, cache_dtype)
-    logits, cache = _prefill(m, params, router_bias, cache, prompt_tokens, prompt_lengths)
-    stop = jnp.asarray(stop_tokens, jnp.int32)
+    logits, cache, details = prefill_details(m, params, router_bias, cache, prompt_tokens, prompt_lengths)
 
     def choose(step, logits, done):
         """Sample from logits [B, V]; rows already done get pad_id and log-prob 0."""
-        if vocab_limit is not None:  # ids padding the table past the tokenizer: never drawn
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+        logits = limit_vocab(logits, vocab_limit)
         token = sample_tokens(logits, jax.random.fold_in(rng, step), temperature=temperature,
                               top_k=top_k, top_p=top_p)
         logprob = token_logprobs(logits, token)
         token = jnp.where(done, pad_id, token)
         logprob = jnp.where(done, 0.0, logprob)
-        now_done = done | jnp.any(token[:, None] == stop[None, :], axis=-1) if stop_tokens else done
-        return token, logprob, now_done
+        return token, logprob, done | stopped(token, stop_tokens)
 
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
@@ -138,29 +161,37 @@ def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max
     token, logprob, new_done = choose(0, logits[:, -1], done)
     tokens, logprobs = tokens.at[:, 0].set(token), logprobs.at[:, 0].set(logprob)
     lengths = jnp.ones((batch,), jnp.int32)
+    experts = expert_record(details["expert_index"], max_new_tokens) if record_experts else None
 
     def cond(state):
-        step, _, _, _, _, done, _ = state
+        step, _, _, _, _, done, _, _ = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(state):
-        step, cache, token, tokens, logprobs, done, lengths = state
-        logits, cache = _extend(m, params, router_bias, cache, token[:, None])
+        step, cache, token, tokens, logprobs, done, lengths, experts = state
+        logits, cache, details = _extend_details(m, params, router_bias, cache, token[:, None])
+        if record_experts:  # the token fed now is response token step - 1
+            experts = jax.lax.dynamic_update_slice(experts, details["expert_index"],
+                                                   (0, prompt_len + step - 1, 0, 0))
         token, logprob, new_done = choose(step, logits[:, 0], done)
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
         logprobs = jax.lax.dynamic_update_slice(logprobs, logprob[:, None], (0, step))
         lengths = lengths + (~done).astype(jnp.int32)
-        return step + 1, cache, token, tokens, logprobs, new_done, lengths
+        return step + 1, cache, token, tokens, logprobs, new_done, lengths, experts
 
-    state = (jnp.ones((), jnp.int32), cache, token, tokens, logprobs, new_done, lengths)
-    _, _, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, state)
-    return {"tokens": tokens, "lengths": lengths, "logprobs": logprobs, "finished": done}
+    state = (jnp.ones((), jnp.int32), cache, token, tokens, logprobs, new_done, lengths, experts)
+    _, _, _, tokens, logprobs, done, lengths, experts = jax.lax.while_loop(cond, body, state)
+    out = {"tokens": tokens, "lengths": lengths, "logprobs": logprobs, "finished": done}
+    if record_experts:
+        out["expert_index"] = experts
+    return out
 
 
 def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *,
              max_new_tokens: int, rng=None, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, stop_tokens=(), pad_id: int = 0, cache_dtype=None,
-             vocab_limit: int | None = None):
+             vocab_limit: int | None = None, record_experts: bool = False,
+             speculative: bool = False):
     """Sample up to `max_new_tokens` per left-padded prompt, all in one jit.
 
     Returns a dict:
@@ -173,21 +204,40 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
     ids below it (the tokenizer's size, when the embedding table is padded past it), as
     the serving engine does; None draws from the whole table, as evaluation does, where
     an id no tokenizer can decode counts as a wrong answer.
+
+    record_experts adds "expert_index" int32 [B, P + N, M, K]: the experts each of the M
+    main MoE layers chose for every prompt token and every fed response token (column
+    P + j is response token j; a row's columns past its last fed token hold zeros), which
+    routing replay hands to the policy update. speculative: draft each next token with
+    the first MTP module and verify it with the main model (moe_jax.infer.speculative):
+    greedy tokens as plain decoding's, sampled ones from the same distribution, and two
+    more outputs, "draft_proposed" and "draft_accepted" int32 [B].
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if rng is None:
         rng = jax.random.PRNGKey(0)
+    frozen = _frozen(model_config)
+    if record_experts and frozen.num_layers == frozen.num_dense_layers:
+        raise ValueError("record_experts: the model has no MoE layer")
+    run = _generate
+    if speculative:
+        # Imported here: the speculative sampler builds on this module's prefill.
+        from moe_jax.infer.speculative import check_speculative, speculative_generate
+
+        check_speculative(frozen)
+        run = speculative_generate
     rows, (prompt_tokens, prompt_lengths) = place_rows(np.asarray(prompt_tokens, np.int32),
                                                        np.asarray(prompt_lengths, np.int32))
     with sampling_context():
-        out = _generate(params, router_bias or {}, jnp.asarray(prompt_tokens, jnp.int32),
-                        jnp.asarray(prompt_lengths, jnp.int32), rng, m=_frozen(model_config),
-                        max_new_tokens=int(max_new_tokens), temperature=float(temperature),
-                        top_k=int(top_k), top_p=float(top_p),
-                        stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
-                        cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
-                        vocab_limit=None if vocab_limit is None else int(vocab_limit))
+        out = run(params, router_bias or {}, jnp.asarray(prompt_tokens, jnp.int32),
+                  jnp.asarray(prompt_lengths, jnp.int32), rng, m=frozen,
+                  max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                  top_k=int(top_k), top_p=float(top_p),
+                  stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
+                  cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
+                  vocab_limit=None if vocab_limit is None else int(vocab_limit),
+                  record_experts=bool(record_experts))
     return gather_rows(out, rows) if rows != out["tokens"].shape[0] or _sharded(out) else out
 
 

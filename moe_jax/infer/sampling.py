@@ -40,6 +40,14 @@ def filter_logits(logits, *, temperature=1.0, top_k: int = 0, top_p=1.0):
     return logits
 
 
+def limit_vocab(logits, vocab_limit: int | None):
+    """logits [..., V] with ids >= vocab_limit (padding the table past the tokenizer's
+    ids) at -inf, so they are never drawn; None: unchanged."""
+    if vocab_limit is None:
+        return logits
+    return jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+
+
 def sample_tokens(logits, rng, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
     """logits [B, V] -> int32 [B]. One rng for the whole batch."""
     if temperature == 0.0:

@@ -89,9 +89,10 @@ class DecoderLayer(nn.Module):
     use_moe: bool
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache: MLACache | None = None,
+    def __call__(self, x, positions, segment_ids, expert_index=None, cache: MLACache | None = None,
                  prefill: bool = False):
-        """With `cache` (decoding), returns (x, stats, new tokens' (c_kv, k_rope)); see MLA."""
+        """With `cache` (decoding), returns (x, stats, new tokens' (c_kv, k_rope)); see MLA.
+        expert_index: int [B, T, K] experts to replay in an MoE layer (None: route)."""
         m = self.config
         dtype, param_dtype = dtype_of(m.dtype), dtype_of(m.param_dtype)
         norm = lambda name: RMSNorm(m.rms_eps, dtype, param_dtype, name=name)
@@ -104,7 +105,7 @@ class DecoderLayer(nn.Module):
             x = x + attn
         h = norm("mlp_norm")(x)
         if self.use_moe:
-            out, stats = MoEBlock(m.moe, dtype, param_dtype, name="moe")(h)
+            out, stats = MoEBlock(m.moe, dtype, param_dtype, name="moe")(h, expert_index)
         else:
             out, stats = MLP(m.d_model, m.dense_ffn, m.init_std, dtype, param_dtype, fp8=m.fp8,
                              name="mlp")(h), {}
@@ -125,20 +126,21 @@ def _layer_stack(m: TransformerConfig, use_moe: bool, count: int, name: str):
         layer_cls,
         variable_axes={"params": 0, BIAS_COLLECTION: 0, LOAD_COLLECTION: 0},
         split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast),
+        in_axes=(nn.broadcast, nn.broadcast, 0),  # positions, segment ids, per-layer replayed experts
         length=count,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
     return scanned(m.layer, use_moe, name=name)
 
 
-def _run_stack(stack, x, positions, segment_ids):
-    """Apply a layer stack; stats come back stacked on a leading layer axis either way."""
+def _run_stack(stack, x, positions, segment_ids, expert_index=None):
+    """Apply a layer stack; stats come back stacked on a leading layer axis either way.
+    expert_index: None, or int [layers, B, T, K] experts to replay per layer."""
     if not isinstance(stack, (list, tuple)):
-        return stack(x, positions, segment_ids)
+        return stack(x, positions, segment_ids, expert_index)
     all_stats = []
-    for layer in stack:
-        x, stats = layer(x, positions, segment_ids)
+    for i, layer in enumerate(stack):
+        x, stats = layer(x, positions, segment_ids, None if expert_index is None else expert_index[i])
         all_stats.append(stats)
     return x, jax.tree.map(lambda *s: jnp.stack(s), *all_stats)
 
@@ -150,7 +152,9 @@ class MTPModule(nn.Module):
     use_moe: bool  # the module's layer is an MoE layer when the main model has any
 
     @nn.compact
-    def __call__(self, hidden, next_embeddings, positions, segment_ids):
+    def __call__(self, hidden, next_embeddings, positions, segment_ids, cache: MLACache | None = None,
+                 prefill: bool = False):
+        """-> (h_k, out_norm(h_k), stats), and the new latents with `cache` (as DecoderLayer)."""
         m = self.config
         dtype, param_dtype = dtype_of(m.dtype), dtype_of(m.param_dtype)
         e = RMSNorm(m.rms_eps, dtype, param_dtype, name="embed_norm")(next_embeddings)
@@ -158,14 +162,20 @@ class MTPModule(nn.Module):
         w = self.param("proj", dense_init(m.init_std, ("mtp_concat", "embed")),
                        (2 * m.d_model, m.d_model), param_dtype)
         x = matmul(jnp.concatenate([e, h], axis=-1), w.astype(dtype), fp8=m.fp8)  # [B, T, 2D] -> [B, T, D]
-        x, stats = DecoderLayer(m, self.use_moe, name="layer")(x, positions, segment_ids)
-        return x, RMSNorm(m.rms_eps, dtype, param_dtype, name="out_norm")(x), stats
+        layer = DecoderLayer(m, self.use_moe, name="layer")
+        if cache is None:
+            x, stats = layer(x, positions, segment_ids)
+        else:
+            x, stats, new_latents = layer(x, positions, segment_ids, cache=cache, prefill=prefill)
+        normed = RMSNorm(m.rms_eps, dtype, param_dtype, name="out_norm")(x)
+        return (x, normed, stats) if cache is None else (x, normed, stats, new_latents)
 
 
 class Transformer(nn.Module):
     """tokens [B, T] -> (logits [B, T, V] float32, extras).
 
-    extras: "moe_stats" (per-layer routing statistics stacked on a leading layer axis),
+    extras: "moe_stats" (per-layer routing statistics stacked on a leading layer axis; its
+    "expert_index" [M, B, T, K] are the experts each of the M main MoE layers used),
     "mtp_logits" ([mtp_depth, B, T, V]; position i of depth k predicts token i+k+1),
     "mtp_stats" (routing statistics of the MTP layers).
     """
@@ -206,8 +216,17 @@ class Transformer(nn.Module):
             out = normed_hidden @ self.head.astype(dtype_of(m.dtype))
         return out.astype(jnp.float32)
 
-    def __call__(self, tokens, positions=None, segment_ids=None):
+    def __call__(self, tokens, positions=None, segment_ids=None, expert_index=None):
+        """expert_index: None, or int [B, T, M, K] experts for the M main MoE layers to use
+        instead of routing (routing replay: the combine weights still come from the
+        current router). MTP layers always route."""
         m = self.config
+        if expert_index is not None:
+            moe_layers = m.num_layers - m.num_dense_layers
+            if expert_index.ndim != 4 or expert_index.shape[2] != moe_layers:
+                raise ValueError(f"expert_index of shape {expert_index.shape}: expected [B, T, "
+                                 f"{moe_layers} MoE layers, top_k]")
+            expert_index = jnp.moveaxis(expert_index, 2, 0)  # [M, B, T, K], scanned over M
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
         x = self.embed(tokens)
@@ -215,7 +234,7 @@ class Transformer(nn.Module):
             x, _ = _run_stack(self.dense_layers, x, positions, segment_ids)
         moe_stats = {}
         if m.num_layers > m.num_dense_layers:
-            x, moe_stats = _run_stack(self.moe_layers, x, positions, segment_ids)
+            x, moe_stats = _run_stack(self.moe_layers, x, positions, segment_ids, expert_index)
         logits = self.logits(self.final_norm(x))
 
         mtp_logits, mtp_stats = [], []
@@ -259,7 +278,7 @@ def _layer_variables(m, params, router_bias, name, count):
 
 
 def forward_with_cache(m, params, router_bias, tokens, positions, segment_ids, caches, index,
-                       valid, *, prefill: bool = False):
+                       valid, *, prefill: bool = False, details: bool = False):
     """Run the main model on T new tokens against a cache; MTP modules are not used.
 
     tokens, positions, segment_ids: [B, T]; caches: {stack name: (c_kv [n, B, S, L],
@@ -268,31 +287,67 @@ def forward_with_cache(m, params, router_bias, tokens, positions, segment_ids, c
     With prefill=True the new tokens are the whole context and attend to each other
     only (segment_ids mask padding), exactly as `Transformer.__call__` computes them.
     `m` is the model config section or a TransformerConfig.
+
+    details=True adds a third result: {"hidden": the last layer's output before the
+    final norm [B, T, D] (what the first MTP module reads), "expert_index": int32
+    [B, T, M, K] experts each of the M main MoE layers chose, or None without any}.
     """
     config = m if isinstance(m, TransformerConfig) else TransformerConfig.from_config(m)
     model = Transformer(config)
     x = model.apply({"params": params}, tokens, method=lambda mod, t: mod.embed(t))
-    new_caches = {}
+    new_caches, expert_index = {}, None
     for name, use_moe, count in layer_stacks(config):
         layer = DecoderLayer(config.layer, use_moe)
         stack_params, stack_bias = _layer_variables(config, params, router_bias, name, count)
 
-        def one_layer(carry, layer_vars, layer=layer):
+        def one_layer(carry, layer_vars, layer=layer, use_moe=use_moe):
             x, c_kv_all, k_rope_all, i = carry
             p, b = layer_vars
             variables = {"params": p, BIAS_COLLECTION: b} if b else {"params": p}
             cache = MLACache(c_kv_all[i], k_rope_all[i], index, valid)
-            x, _, (c_new, k_rope_new) = layer.apply(variables, x, positions, segment_ids,
-                                                    cache=cache, prefill=prefill)
+            x, stats, (c_new, k_rope_new) = layer.apply(variables, x, positions, segment_ids,
+                                                        cache=cache, prefill=prefill)
             at, update = (i, 0, index, 0), jax.lax.dynamic_update_slice
             c_kv_all = update(c_kv_all, c_new[None].astype(c_kv_all.dtype), at)
             k_rope_all = update(k_rope_all, k_rope_new[None].astype(k_rope_all.dtype), at)
-            return (x, c_kv_all, k_rope_all, i + 1), None
+            return (x, c_kv_all, k_rope_all, i + 1), (stats["expert_index"] if use_moe else None)
 
         c_kv_all, k_rope_all = caches[name]
         carry = (x, c_kv_all, k_rope_all, jnp.zeros((), jnp.int32))
-        (x, c_kv_all, k_rope_all, _), _ = jax.lax.scan(one_layer, carry, (stack_params, stack_bias))
+        (x, c_kv_all, k_rope_all, _), chosen = jax.lax.scan(one_layer, carry, (stack_params, stack_bias))
         new_caches[name] = (c_kv_all, k_rope_all)
+        if use_moe:
+            expert_index = jnp.moveaxis(chosen, 0, 2)  # [M, B, T, K] -> [B, T, M, K]
     logits = model.apply({"params": params}, x,
                          method=lambda mod, h: mod.logits(mod.final_norm(h)))
+    if details:
+        return logits, new_caches, {"hidden": x, "expert_index": expert_index}
     return logits, new_caches
+
+
+def mtp_with_cache(m, params, router_bias, hidden, next_tokens, positions, segment_ids, cache,
+                   index, valid, *, prefill: bool = False):
+    """The first MTP module on T positions against its own one-layer cache.
+
+    hidden [B, T, D]: the main model's last-layer output (before the final norm) at
+    those positions; next_tokens [B, T]: the token one position further (at position i
+    the module reads h(i) and emb(t_{i+1}) and predicts t_{i+2}); cache: (c_kv [B, S, L],
+    k_rope [B, S, R]); index, valid, prefill as in `forward_with_cache`.
+    -> (logits [B, T, V] float32, cache with the T positions written).
+    """
+    config = m if isinstance(m, TransformerConfig) else TransformerConfig.from_config(m)
+    if config.mtp_depth < 1:
+        raise ValueError("speculative drafts need an MTP module: model.mtp_depth >= 1")
+    model = Transformer(config)
+    embedded = model.apply({"params": params}, next_tokens, method=lambda mod, t: mod.embed(t))
+    module = MTPModule(config.layer, config.num_layers > config.num_dense_layers)
+    bias = router_bias.get("mtp_0", {})
+    variables = {"params": params["mtp_0"], BIAS_COLLECTION: bias} if bias else {"params": params["mtp_0"]}
+    c_kv, k_rope = cache
+    _, normed, _, (c_new, k_rope_new) = module.apply(
+        variables, hidden, embedded, positions, segment_ids,
+        cache=MLACache(c_kv, k_rope, index, valid), prefill=prefill)
+    at, update = (0, index, 0), jax.lax.dynamic_update_slice
+    cache = (update(c_kv, c_new.astype(c_kv.dtype), at), update(k_rope, k_rope_new.astype(k_rope.dtype), at))
+    logits = model.apply({"params": params}, normed, method=lambda mod, h: mod.logits(h))
+    return logits, cache

@@ -17,7 +17,7 @@ from moe_jax.layers.initializers import dense_init
 from moe_jax.layers.mlp import MLP
 from moe_jax.moe import dispatch, expert_parallel
 from moe_jax.moe.router import (Router, RouterConfig, balance_loss, expert_counts, router_z_loss,
-                                sequence_balance_loss)
+                                routing_entropy, sequence_balance_loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,14 @@ class MoEConfig:
 
 
 class MoEBlock(nn.Module):
-    """x [B, T, D] -> (y [B, T, D], stats)."""
+    """x [B, T, D] -> (y [B, T, D], stats).
+
+    stats: scalars for the losses and logs, plus per token the experts used
+    ("expert_index" int32 [B, T, K]), the ones the router would choose itself
+    ("preferred_index", the same unless expert_index [B, T, K] is given to replay) and
+    the routing entropy ("routing_entropy" [B, T]), which reinforcement learning compares
+    between the rollout and the update.
+    """
 
     config: MoEConfig
     dtype: jnp.dtype = jnp.float32
@@ -67,11 +74,13 @@ class MoEBlock(nn.Module):
                                       down.astype(self.dtype))
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, expert_index=None):
+        """expert_index: int [B, T, K] experts to replay instead of routing (None: route)."""
         m = self.config
         batch, length, d_model = x.shape
         tokens = x.reshape(batch * length, d_model).astype(self.dtype)  # [S, D]
-        routing, logits = Router(m.router, self.param_dtype, name="router")(tokens)
+        forced = None if expert_index is None else expert_index.reshape(batch * length, m.top_k)
+        routing, logits = Router(m.router, self.param_dtype, name="router")(tokens, forced)
         # Plain engine, or the same engine under expert parallelism when the mesh set by
         # jax.set_mesh has an expert axis > 1.
         engine = expert_parallel.engine_for_active_mesh(m.dispatch, fp8=m.fp8)
@@ -89,5 +98,10 @@ class MoEBlock(nn.Module):
             "seq_balance_loss": sequence_balance_loss(routing.scores, routing.expert_index,
                                                       m.top_k, batch),
             "z_loss": router_z_loss(logits),
+            "expert_index": routing.expert_index.reshape(batch, length, m.top_k),
+            # The router's own choice: expert_index unless replayed.
+            "preferred_index": (routing.expert_index if routing.preferred_index is None
+                                else routing.preferred_index).reshape(batch, length, m.top_k),
+            "routing_entropy": routing_entropy(routing.scores).reshape(batch, length),
         }
         return y.reshape(batch, length, d_model), stats

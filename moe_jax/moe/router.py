@@ -13,6 +13,12 @@ Three gates, picked by `model.router`:
 Group-limited routing (`n_group` > 1) first keeps the `topk_group` best groups, scoring
 a group by its best expert ("max", DeepSeek-V2 device-limited routing) or by the sum of
 its two best experts ("top2_sum", DeepSeek-V3), then picks top-k inside them.
+
+Routing replay (reinforcement learning on a sparse model): `route` can be handed the
+experts to use ([S, K], chosen earlier, e.g. by the sampler that produced a rollout).
+Selection is then skipped, and only the combine weights come from the current scores
+of those experts, so a policy update sees the experts the rollout used while the router
+still learns through the weights.
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ class Routing(NamedTuple):
     expert_index: jax.Array  # [S, K] int32, chosen experts per token
     combine_weights: jax.Array  # [S, K] float32, weights applied to expert outputs
     scores: jax.Array  # [S, E] float32, gate scores (before bias) used by balance losses
+    # [S, K] int32 under routing replay: the experts the router itself would have chosen
+    # (None when it chose expert_index itself).
+    preferred_index: jax.Array | None = None
 
 
 def gate_scores(logits, router: str):
@@ -91,9 +100,22 @@ def limit_to_groups(selection_scores, n_group: int, topk_group: int, group_score
     return jnp.where(keep, selection_scores, -jnp.inf)
 
 
-def route(logits, m: RouterConfig, bias=None) -> Routing:
-    """Choose K experts per token. logits: [S, E]; bias: [E] (sigmoid_bias only)."""
+def route(logits, m: RouterConfig, bias=None, expert_index=None) -> Routing:
+    """Choose K experts per token. logits: [S, E]; bias: [E] (sigmoid_bias only).
+
+    expert_index: int [S, K] experts to use instead of choosing (routing replay); the
+    combine weights are then the current scores of those experts, normalised as usual.
+    """
     scores = gate_scores(logits, m.gate)
+    chosen = _select(scores, m, bias)
+    if expert_index is None:
+        return _combine(scores, chosen, m)
+    # Replay: the given experts run; the router's own choice is kept to measure drift.
+    return _combine(scores, jnp.asarray(expert_index, jnp.int32), m)._replace(preferred_index=chosen)
+
+
+def _select(scores, m: RouterConfig, bias):
+    """[S, E] scores -> [S, K] int32 experts: top-k of scores (+ bias), within the best groups."""
     selection = scores
     if m.gate == "sigmoid_bias":
         if bias is None:
@@ -104,11 +126,29 @@ def route(logits, m: RouterConfig, bias=None) -> Routing:
     if m.n_group > 1:
         selection = limit_to_groups(selection, m.n_group, m.topk_group, m.group_score)
     _, expert_index = jax.lax.top_k(selection, m.top_k)  # [S, K]
+    return expert_index.astype(jnp.int32)
+
+
+def _combine(scores, expert_index, m: RouterConfig) -> Routing:
+    """The combine weights of the chosen experts: their scores, renormalised and scaled."""
     weights = jnp.take_along_axis(scores, expert_index, axis=-1)  # [S, K]
     if m.norm_topk_prob and m.top_k > 1:
         weights = weights / (weights.sum(axis=-1, keepdims=True) + 1e-20)
     weights = weights * m.routed_scaling
-    return Routing(expert_index.astype(jnp.int32), weights, scores)
+    return Routing(expert_index, weights, scores)
+
+
+def routing_entropy(scores):
+    """[S, E] gate scores -> [S] entropy (nats) of each token's scores normalised to sum
+    to 1: log E for a router that cannot tell experts apart, 0 for a one-expert router."""
+    p = scores / (scores.sum(axis=-1, keepdims=True) + 1e-20)
+    return -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-20)), axis=-1)
+
+
+def same_expert_sets(a, b):
+    """[..., K] and [..., K] expert indices -> bool [...]: the same K experts, in any order
+    (the order of top-k among near-equal scores says nothing about which experts ran)."""
+    return jnp.all(jnp.sort(a, axis=-1) == jnp.sort(b, axis=-1), axis=-1)
 
 
 def expert_counts(expert_index, num_experts: int):
@@ -177,8 +217,10 @@ class Router(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x) -> tuple[Routing, jax.Array]:
-        """x: [S, D] -> (Routing, logits [S, E]). Logits are computed in float32."""
+    def __call__(self, x, expert_index=None) -> tuple[Routing, jax.Array]:
+        """x: [S, D] -> (Routing, logits [S, E]). Logits are computed in float32.
+
+        expert_index: int [S, K] experts to replay instead of choosing (see `route`)."""
         m = self.config
         w = self.param("gate", dense_init(m.init_std, ("embed", "expert")),
                        (m.d_model, m.num_experts), self.param_dtype)
@@ -187,7 +229,7 @@ class Router(nn.Module):
         if m.gate == "sigmoid_bias":
             bias = self.variable(BIAS_COLLECTION, "bias",
                                  lambda: jnp.zeros((m.num_experts,), jnp.float32)).value
-        routing = route(logits, m, bias)
+        routing = route(logits, m, bias, expert_index)
         if bias is not None and self.is_mutable_collection(LOAD_COLLECTION):
             # Stored under the bias's own name so both collections share one tree structure.
             self.put_variable(LOAD_COLLECTION, "bias", expert_counts(routing.expert_index, m.num_experts))

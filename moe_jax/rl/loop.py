@@ -30,7 +30,7 @@ from moe_jax.data.tasks import get_task
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
-from moe_jax.rl.grpo import GRPOConfig
+from moe_jax.rl.grpo import IMPORTANCE, GRPOConfig
 from moe_jax.rl.iteration import GRPOIteration, check_rows
 from moe_jax.rl.rewards import task_rewards
 from moe_jax.train.evaluate import exact_match
@@ -64,13 +64,56 @@ def validate_rl_config(config: ml_collections.ConfigDict):
         raise ConfigError("rl.max_new_tokens", r.max_new_tokens,
                           f"at most model.max_seq_len - rl.prompt_len = "
                           f"{config.model.max_seq_len - r.prompt_len}")
+    validate_moe_rl(config)
     grpo_config(config)  # aggregation and clip checks
+
+
+# The MoE-aware fields and their defaults; a config without them runs plain GRPO.
+MOE_RL_DEFAULTS = {"importance": "token", "gspo_eps_low": 3e-4, "gspo_eps_high": 4e-4,
+                   "routing_replay": False, "update_router_bias": False, "speculative": False}
+
+
+def rl_option(config, name: str):
+    return config.rl.get(name, MOE_RL_DEFAULTS[name])
+
+
+def validate_moe_rl(config) -> None:
+    """GSPO, routing replay, router bias updates and speculative rollouts: clear errors."""
+    importance = rl_option(config, "importance")
+    if importance not in IMPORTANCE:
+        raise ConfigError("rl.importance", importance, f"one of {IMPORTANCE} (token: GRPO's per-token "
+                          f"ratios; sequence: GSPO's sequence ratio)")
+    if importance == "sequence" and config.rl.aggregation != "sequence":
+        raise ConfigError("rl.aggregation", config.rl.aggregation,
+                          "'sequence' with rl.importance='sequence' (GSPO averages over outputs)")
+    if not 0 <= rl_option(config, "gspo_eps_low") < 1:
+        raise ConfigError("rl.gspo_eps_low", rl_option(config, "gspo_eps_low"),
+                          "a sequence-ratio clip in [0, 1) (the GSPO paper: 3e-4)")
+    if not rl_option(config, "gspo_eps_high") >= 0:
+        raise ConfigError("rl.gspo_eps_high", rl_option(config, "gspo_eps_high"),
+                          "a sequence-ratio clip >= 0 (the GSPO paper: 4e-4)")
+    for name in ("routing_replay", "update_router_bias", "speculative"):
+        if not isinstance(rl_option(config, name), bool):
+            raise ConfigError(f"rl.{name}", rl_option(config, name), "True or False")
+    m = config.model
+    moe = m.num_layers > m.num_dense_layers
+    if rl_option(config, "routing_replay") and not moe:
+        raise ConfigError("rl.routing_replay", True, "False: the model has no MoE layer to replay")
+    if rl_option(config, "update_router_bias") and not (moe and m.router == "sigmoid_bias"):
+        raise ConfigError("rl.update_router_bias", True, "False: only model.router='sigmoid_bias' "
+                          f"has a balancing bias (model.router={m.router!r})")
+    if rl_option(config, "speculative") and m.mtp_depth < 1:
+        raise ConfigError("rl.speculative", True, f"False: speculative rollouts draft with the MTP "
+                          f"module, and model.mtp_depth={m.mtp_depth} (train with mtp_depth >= 1)")
 
 
 def grpo_config(config) -> GRPOConfig:
     r = config.rl
     return GRPOConfig(eps_low=r.eps_low, eps_high=r.eps_high, beta=r.beta,
-                      aggregation=r.aggregation, max_length=r.max_new_tokens)
+                      aggregation=r.aggregation, max_length=r.max_new_tokens,
+                      importance=rl_option(config, "importance"),
+                      seq_eps_low=rl_option(config, "gspo_eps_low"),
+                      seq_eps_high=rl_option(config, "gspo_eps_high"))
 
 
 def _prompt_iterator(source, seed: int):
@@ -126,7 +169,10 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, init_dir: str, r
                               reward_fn=reward_fn, group_size=r.group_size, prompt_len=r.prompt_len,
                               max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                               num_minibatches=r.num_minibatches, scale_by_std=r.scale_by_std,
-                              ref_params=ref_params, step_sharding=shardings.step, seed=t.seed + 1)
+                              ref_params=ref_params, step_sharding=shardings.step, seed=t.seed + 1,
+                              routing_replay=rl_option(config, "routing_replay"),
+                              update_router_bias=rl_option(config, "update_router_bias"),
+                              speculative=rl_option(config, "speculative"))
 
     def evaluate(num_examples, state):
         accuracy, count, _ = exact_match(

@@ -13,7 +13,10 @@ columns whose target is a sampled response token (the stop token included).
 Padding gets segment id 0 and real tokens 1, and positions count real tokens only, so
 a row scores exactly as its unpadded sequence would (the model masks across segments).
 Scoring uses the never-dropping dispatch the sampler uses: the learner must see the
-same routing the sampler did, or the importance ratio measures dispatch noise.
+same routing the sampler did, or the importance ratio measures dispatch noise. With
+routing replay the sampler's own expert choices ("expert_index" [B, P+N, M, K], as
+`generate(record_experts=True)` returns them) are handed to the scoring forward, which
+then runs those experts whatever its router would choose now.
 """
 
 from __future__ import annotations
@@ -49,28 +52,35 @@ def rollout_layout(prompt_tokens, prompt_lengths, response_tokens, response_leng
 
 
 def scoring_model(model_config) -> Transformer:
-    """The model as the sampler runs it (dropless dispatch)."""
-    return Transformer.from_config(inference_config(model_config))
+    """The model as the sampler runs it (dropless dispatch), without its MTP modules:
+    the policy's log-probs never read them, so they would be computed for nothing (their
+    parameters stay in the state, untouched)."""
+    m = inference_config(model_config).as_configdict()
+    m.mtp_depth = 0
+    return Transformer.from_config(m)
 
 
-def sequence_logprobs(model: Transformer, params, router_bias, batch):
-    """-> (log-probs [B, L-1] of each next token, expert loads per router).
+def sequence_logprobs(model: Transformer, params, router_bias, batch, replay: bool = False):
+    """-> (log-probs [B, L-1] of each next token, expert loads per router, the main MoE
+    layers' routing statistics (moe_jax.moe.block: expert_index [M, B, L-1, K], ...)).
 
-    batch: tokens, positions, segment_ids [B, L] as `rollout_layout` builds them.
+    batch: tokens, positions, segment_ids [B, L] as `rollout_layout` builds them, and
+    with replay=True the rollout's expert_index [B, L, M, K] to run instead of routing.
     """
     variables = {"params": params, BIAS_COLLECTION: router_bias}
-    (logits, _), mutated = model.apply(
+    experts = batch["expert_index"][:, :-1] if replay else None
+    (logits, extras), mutated = model.apply(
         variables, batch["tokens"][:, :-1], batch["positions"][:, :-1],
-        batch["segment_ids"][:, :-1], mutable=[LOAD_COLLECTION])
+        batch["segment_ids"][:, :-1], experts, mutable=[LOAD_COLLECTION])
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     targets = batch["tokens"][:, 1:]
     chosen = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return chosen, mutated.get(LOAD_COLLECTION, {})
+    return chosen, mutated.get(LOAD_COLLECTION, {}), extras["moe_stats"]
 
 
-def make_scorer(model: Transformer):
+def make_scorer(model: Transformer, replay: bool = False):
     """-> jitted score(params, router_bias, batch) -> log-probs [B, L-1], no gradient:
-    how the old and the reference policy see a rollout."""
-    keys = ("tokens", "positions", "segment_ids")
-    scored = jax.jit(lambda params, bias, batch: sequence_logprobs(model, params, bias, batch)[0])
+    how the old and the reference policy see a rollout (replaying its experts if asked)."""
+    keys = ("tokens", "positions", "segment_ids") + (("expert_index",) if replay else ())
+    scored = jax.jit(lambda params, bias, batch: sequence_logprobs(model, params, bias, batch, replay)[0])
     return lambda params, bias, batch: scored(params, bias or {}, {k: batch[k] for k in keys})

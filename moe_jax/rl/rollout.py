@@ -12,6 +12,7 @@ holding ids outside the tokenizer's vocabulary, scored as wrong by `task_rewards
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -40,7 +41,8 @@ def left_padded_prompts(prompts: Sequence[str], tokenizer, prompt_len: int):
 
 def sample_groups(model_config, params, router_bias, examples: Sequence, tokenizer, *,
                   reward_fn: RewardFn, group_size: int, prompt_len: int, max_new_tokens: int,
-                  temperature: float, rng, scale_by_std: bool = True, generate_fn=generate) -> dict:
+                  temperature: float, rng, scale_by_std: bool = True, generate_fn=generate,
+                  record_experts: bool = False, speculative: bool = False) -> dict:
     """Sample `group_size` responses for each example and score them.
 
     Returns numpy arrays with B = len(examples) x group_size rows, groups contiguous:
@@ -48,14 +50,22 @@ def sample_groups(model_config, params, router_bias, examples: Sequence, tokeniz
     [B], "finished" [B], "informative" [len(examples)], plus "responses" (texts, None
     for undecodable ones) and "examples" (repeated to match). generate_fn: the sampler
     (moe_jax.infer.generate.generate, or a Placement's sharded call of it).
+    "rollout_seconds" is the sampler's wall time (compilation included on a first call).
+
+    record_experts adds the sampler's experts, "expert_index" [B, P + N, M, K], aligned
+    with "tokens"; speculative samples with MTP drafts and adds "draft_acceptance" (the
+    fraction of drafts kept, over the batch).
     """
     repeated = [e for e in examples for _ in range(group_size)]
     prompt_tokens, prompt_lengths = left_padded_prompts([e.prompt for e in repeated], tokenizer,
                                                         prompt_len)
+    start = time.perf_counter()
     out = generate_fn(model_config, params, router_bias, prompt_tokens, prompt_lengths,
-                   max_new_tokens=max_new_tokens, rng=rng, temperature=temperature,
-                   stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+                      max_new_tokens=max_new_tokens, rng=rng, temperature=temperature,
+                      stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
+                      record_experts=record_experts, speculative=speculative)
     new_tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
+    seconds = time.perf_counter() - start  # the arrays are on the host: sampling has finished
     responses = [decode_response(tokenizer, row.tolist()) for row in new_tokens]
     scored = reward_fn(repeated, [r if r is not None else "" for r in responses])
     rewards = np.asarray(scored["reward"], np.float32)
@@ -65,5 +75,11 @@ def sample_groups(model_config, params, router_bias, examples: Sequence, tokeniz
     batch["informative"] = np.asarray(group_is_informative(rewards, group_size))
     batch["response_length"] = lengths.astype(np.float32)
     batch["finished"] = np.asarray(out["finished"])
+    batch["rollout_seconds"] = np.float32(seconds)
+    if record_experts:
+        batch["expert_index"] = np.asarray(out["expert_index"])
+    if speculative:
+        batch["draft_acceptance"] = np.float32(np.sum(out["draft_accepted"]) /
+                                               max(int(np.sum(out["draft_proposed"])), 1))
     batch["responses"], batch["examples"] = responses, repeated
     return batch

@@ -10,14 +10,14 @@ matplotlib is imported on first use, so modules that only might plot do not pay 
 from __future__ import annotations
 
 
-def new_axes(figsize=(6, 4)):
-    """-> (figure, axes) on the non-interactive Agg backend."""
+def new_axes(figsize=(6, 4), nrows: int = 1, ncols: int = 1):
+    """-> (figure, axes) on the non-interactive Agg backend (an array of axes for a grid)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and in CI
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=figsize)
+    return plt.subplots(nrows, ncols, figsize=figsize)
 
 
 def save(fig, path: str, dpi: int = 120) -> str:
