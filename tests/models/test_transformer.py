@@ -77,3 +77,27 @@ def test_remat_does_not_change_the_loss():
         logits, extras = model.apply(variables, batch["inputs"])
         losses.append(float(model_loss(logits, extras, batch, LossWeights.from_config(m))[0]))
     np.testing.assert_allclose(losses, losses[0], rtol=1e-6)
+
+
+def test_replaying_the_models_own_experts_changes_nothing():
+    """Transformer(expert_index=[B, T, M, K]): its own choice reproduces the logits exactly;
+    other experts change them; gradients still reach the router through the weights."""
+    m = small_config(dispatch="dropless")
+    model = Transformer.from_config(m)
+    tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 0, m.vocab_size)
+    variables = nn.unbox(model.init(jax.random.PRNGKey(1), tokens))
+    logits, extras = model.apply(variables, tokens)
+    own = jnp.moveaxis(extras["moe_stats"]["expert_index"], 0, 2)  # [M, B, T, K] -> [B, T, M, K]
+    assert own.shape == (2, 6, 2, m.top_k)
+    replayed, replayed_extras = model.apply(variables, tokens, None, None, own)
+    np.testing.assert_array_equal(replayed, logits)
+    np.testing.assert_array_equal(replayed_extras["mtp_logits"], extras["mtp_logits"])
+    other = (own + 1) % m.num_experts
+    moved, moved_extras = model.apply(variables, tokens, None, None, other)
+    np.testing.assert_array_equal(jnp.moveaxis(moved_extras["moe_stats"]["expert_index"], 0, 2), other)
+    assert not np.allclose(moved, logits, atol=1e-4)
+    grad = jax.grad(lambda p: model.apply({**variables, "params": p}, tokens, None, None, other)[0].sum())(
+        variables["params"])
+    assert float(jnp.abs(grad["moe_layers"]["moe"]["router"]["gate"]).sum()) > 0
+    with pytest.raises(ValueError, match="MoE layers"):
+        model.apply(variables, tokens, None, None, own[:, :, :1])

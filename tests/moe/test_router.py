@@ -140,3 +140,34 @@ def test_repeated_bias_updates_balance_skewed_router():
     end = float(r.load_imbalance(load_of(bias)))
     assert start > 2.0, start
     assert end < 1.2, end
+
+
+def test_replayed_experts_get_current_scores_as_weights():
+    # The sigmoid_bias example above: scores [0.5, 0.731059, 0.268941, 0.880797], the router
+    # itself picks experts 2, 3 (bias [0, 0, 3, 0]). Replaying experts 0, 1 instead:
+    # weights [0.5, 0.731059] / 1.231059 = [0.406154, 0.593846], x 2.5 = [1.015386, 1.484614].
+    logits = jnp.array([[0.0, 1.0, -1.0, 2.0]])
+    m = r.RouterConfig.from_config(config(num_experts=4, top_k=2, router="sigmoid_bias", routed_scaling=2.5))
+    bias = jnp.array([0.0, 0.0, 3.0, 0.0])
+    out = r.route(logits, m, bias=bias, expert_index=jnp.array([[0, 1]]))
+    np.testing.assert_array_equal(out.expert_index, [[0, 1]])
+    np.testing.assert_allclose(out.combine_weights, [[1.015386, 1.484614]], rtol=1e-5)
+    np.testing.assert_array_equal(out.preferred_index, [[2, 3]])  # what it would have chosen
+    # Replaying its own choice changes nothing, and the router still learns through the
+    # weights of replayed experts.
+    free = r.route(logits, m, bias=bias)
+    assert free.preferred_index is None
+    same = r.route(logits, m, bias=bias, expert_index=free.expert_index)
+    np.testing.assert_array_equal(same.combine_weights, free.combine_weights)
+    grad = jax.grad(lambda lg: r.route(lg, m, bias, jnp.array([[0, 1]])).combine_weights[0, 0])(logits)
+    assert float(jnp.abs(grad[0, :2]).sum()) > 0 and float(jnp.abs(grad[0, 2:]).sum()) == 0
+
+
+def test_routing_entropy_and_same_sets_by_hand():
+    # p = [0.5, 0.5]: ln 2 = 0.693147; [1, 0, ...]: 0; [0.2, 0.2, 0.6]:
+    # -(2 x 0.2 ln 0.2 + 0.6 ln 0.6) = 0.643775 + 0.306495 = 0.950271 (scores need not sum to 1).
+    scores = jnp.array([[0.5, 0.5, 0.0], [0.7, 0.0, 0.0], [0.1, 0.1, 0.3]])
+    np.testing.assert_allclose(r.routing_entropy(scores), [0.693147, 0.0, 0.950271], atol=1e-6)
+    a = jnp.array([[1, 2], [2, 1], [1, 3]])
+    b = jnp.array([[2, 1], [2, 1], [1, 2]])
+    np.testing.assert_array_equal(r.same_expert_sets(a, b), [True, True, False])

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from moe_jax.rl.grpo import (GRPOConfig, aggregate, group_advantages, group_is_informative,
-                             grpo_loss, k3_kl, policy_ratio)
+                             grpo_loss, k3_kl, policy_ratio, sequence_ratio)
 
 
 def test_group_advantages_by_hand():
@@ -85,6 +85,70 @@ def test_aggregate_rejects_unknown_and_dr_grpo_needs_length():
         GRPOConfig(aggregation="dr_grpo")
     with pytest.raises(ValueError, match="aggregation"):
         aggregate(jnp.ones((1, 1)), jnp.ones((1, 1)), "mean")
+
+
+# GSPO: two outputs (one group, A = +1 and -1); logp_old = 0, so the token log-ratios are
+# logp_new. Output 1: [0.3, -0.1, 0.1], mean 0.1, s_1 = e^0.1 = 1.105171. Output 2:
+# [0.2, -0.4] and a masked 5.0, mean -0.1, s_2 = e^-0.1 = 0.904837.
+GSPO_LOG_RATIOS = np.array([[0.3, -0.1, 0.1], [0.2, -0.4, 5.0]])
+GSPO_MASK = np.array([[1, 1, 1], [1, 1, 0]], np.float32)
+
+
+def gspo(eps_low, eps_high, beta=0.0):
+    return GRPOConfig(importance="sequence", seq_eps_low=eps_low, seq_eps_high=eps_high, beta=beta)
+
+
+def test_gspo_sequence_ratio_and_loss_by_hand():
+    logp = jnp.asarray(GSPO_LOG_RATIOS)
+    np.testing.assert_allclose(sequence_ratio(logp, jnp.zeros_like(logp), GSPO_MASK),
+                               [1.105171, 0.904837], rtol=1e-6)
+    loss_of = lambda config, ref=None: grpo_loss(logp, jnp.zeros_like(logp), ref, jnp.asarray(ADV),  # noqa: E731
+                                                 GSPO_MASK, config)
+    # Clip range 0.2 / 0.2: neither ratio leaves [0.8, 1.2], so
+    # J = (s_1 A_1 + s_2 A_2) / G = (1.105171 - 0.904837) / 2 = 0.100167.
+    loss, metrics = loss_of(gspo(0.2, 0.2))
+    np.testing.assert_allclose(loss, -0.100167, rtol=1e-5)
+    assert float(metrics["clip_fraction"]) == 0.0
+    np.testing.assert_allclose(metrics["ratio"], (1.105171 + 0.904837) / 2, rtol=1e-6)  # mean s_i
+    # The paper's range 3e-4 / 4e-4: s_1 > 1.0004 with A > 0 -> 1.0004; s_2 < 0.9997 with
+    # A < 0 -> min(-0.904837, -0.9997) = -0.9997. J = (1.0004 - 0.9997) / 2 = 0.00035, and
+    # all 5 tokens belong to a clipped output.
+    loss, metrics = loss_of(gspo(3e-4, 4e-4))
+    np.testing.assert_allclose(loss, -0.00035, rtol=1e-4)
+    np.testing.assert_allclose(metrics["clip_fraction"], 1.0)
+    # KL (beta 0.1), pi_ref / pi = 2 everywhere: k3 = 2 - ln 2 - 1 = 0.306853 per token,
+    # averaged per output: loss = -0.100167 + 0.1 x 0.306853 = -0.069482.
+    loss, metrics = loss_of(gspo(0.2, 0.2, beta=0.1), ref=logp + jnp.log(2.0))
+    np.testing.assert_allclose(loss, -0.069482, rtol=1e-5)
+
+
+def test_gspo_gradient_weighs_every_token_of_an_output_alike():
+    logp = jnp.asarray(GSPO_LOG_RATIOS)
+    grad_of = lambda config: jax.grad(lambda lp: grpo_loss(  # noqa: E731
+        lp, jnp.zeros_like(lp), None, jnp.asarray(ADV), GSPO_MASK, config)[0])(logp)
+    # d J / d logp_it = A_i s_i / (G |o_i|): output 1: 1.105171 / (2 x 3) = 0.184195 per
+    # token; output 2: -0.904837 / (2 x 2) = -0.226209; masked: 0. The loss is -J.
+    np.testing.assert_allclose(grad_of(gspo(0.2, 0.2)),
+                               [[-0.184195] * 3, [0.226209, 0.226209, 0.0]], rtol=1e-5)
+    # GRPO on the same tokens (eps 0.2) drops token 0 of output 1 (rho = e^0.3 = 1.35 >
+    # 1.2 with A > 0) and weighs the rest by their own rho: the re-routing-prone per-token
+    # view GSPO replaces. Token 1 of output 1: -e^-0.1 / (3 x 2) = -0.150806.
+    grpo_grad = jax.grad(lambda lp: grpo_loss(lp, jnp.zeros_like(lp), None, jnp.asarray(ADV), GSPO_MASK,
+                                              GRPOConfig(beta=0.0))[0])(logp)
+    np.testing.assert_allclose(grpo_grad[0, :2], [0.0, -0.150806], atol=1e-6)
+    # Outside the paper's narrow range the whole output is clipped: no gradient at all.
+    np.testing.assert_allclose(grad_of(gspo(3e-4, 4e-4)), 0.0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"importance": "tokens"}, "importance"),
+    ({"importance": "sequence", "aggregation": "token"}, "aggregation"),
+    ({"importance": "sequence", "seq_eps_low": 1.0}, "seq_eps_low"),
+    ({"seq_eps_high": -0.1}, "seq_eps_high"),
+])
+def test_gspo_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GRPOConfig(**kwargs)
 
 
 def test_bandit_grpo_raises_the_rewarded_answer():
