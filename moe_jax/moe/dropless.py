@@ -12,10 +12,10 @@ assignments, R rows of the expert-sorted buffer (N plus padding), T rows per til
      x into the sorted buffer [N, D], run `grouped_matmul.ragged_swiglu`, `combine`
      back; both permutations have gather-only backwards (permutation.py).
    - CPU, "tiled": `grouped_matmul.tiled_moe`, which fuses the gather, the expert MLP
-     and the weighted combine per tile, one loop per tile size, with a hand-written
+     and the weighted combine into one loop over expert tiles, with a hand-written
      backward of the same shape (ragged_dot on CPU is a masked dense product doing E
-     times the work). Figures against a dense SwiGLU of the same active FLOPs:
-     benchmarks/RESULTS.md.
+     times the work). Figures against a dense SwiGLU of the same active FLOPs, per
+     core count: benchmarks/RESULTS.md.
    `implementation=` forces one; the tests use it to check that each equals `reference`.
 
 Like every engine, this assumes a token picks each expert at most once (the routers'
@@ -35,7 +35,7 @@ from moe_jax.quant.fp8 import quantize_weight_ste
 
 # Bounds of the CPU tiling (see `cpu_tiling`). Measured in benchmarks/RESULTS.md.
 MAX_TILE_LIMIT = 512  # bigger tiles gain nothing on CPU and make the switch longer
-MAX_TILE_SIZES = 16  # each tile size is one more loop body: ~0.4 s of compile each
+MAX_TILE_SIZES = 16  # each tile size is one more switch branch: ~0.4 s of compile each
 
 
 class SortedLayout(NamedTuple):
