@@ -260,6 +260,7 @@ def side_by_side(a):
     for python, figures in runs.items():
         row = {"jax": figures[0]["jax"], "cores": figures[0]["cores"],
                "loadavg_1min": [f["loadavg_1min"] for f in figures],
+               "dense_cores_used": [f["dense_cores_used"] for f in figures],
                "dense_ms_median": statistics.median(f["engines"]["dense"]["ms_median"] for f in figures)}
         for key in keys:
             values = [f[key] for f in figures if key in f]
