@@ -13,6 +13,8 @@ full T x T products, which is what the kernel computes).
     python benchmarks/train_step.py                         # d_model 512, dropless
     python benchmarks/train_step.py --dispatch capacity --seq-len 256 --batch 8
     python benchmarks/train_step.py --breakdown             # + where the step's time goes
+    python benchmarks/train_step.py --mesh data=2,expert=4 --config experiments/pretrain_arith.py:small
+                                   # per-device memory of the sharded step vs moe-jax plan
 
 --breakdown traces three more steps with the JAX profiler and adds `time_share`: each
 part of the model's share of the step's op time (every op's duration on the thread that
@@ -21,6 +23,15 @@ wall time), the part found from the JAX source path XLA keeps on every compiled 
 """
 
 from __future__ import annotations
+
+import os
+import sys
+
+# --mesh compiles for simulated CPU devices, which must exist before jax starts.
+if "--mesh" in " ".join(sys.argv) and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    _devices = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "8")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={_devices}").strip()
 
 import argparse
 import collections
@@ -58,6 +69,10 @@ def parse_args():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dispatch", default="dropless")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--mesh", default=None, help="AXIS=SIZE,...: compile the sharded step on this mesh "
+                   "and compare its per-device memory with moe-jax plan (benchmarks/mesh_memory.py)")
+    p.add_argument("--config", default="experiments/pretrain_arith.py:tiny", help="with --mesh: the config")
+    p.add_argument("--devices", default="8", help="with --mesh: simulated CPU devices (--devices=N)")
     p.add_argument("--steps-per-round", type=int, default=3)
     p.add_argument("--breakdown", action="store_true", help="add the time share of each model part")
     return p.parse_args()
@@ -154,6 +169,12 @@ def time_share(step, state, batch, num_steps=3):
 
 
 def main():
+    if parse_args().mesh:
+        from mesh_memory import mesh_memory  # beside this script
+
+        a = parse_args()
+        print(json.dumps(mesh_memory(a.config, a.mesh)))
+        return
     a = parse_args()
     m = model_config(a)
     model = Transformer.from_config(m)

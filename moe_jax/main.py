@@ -15,6 +15,7 @@ config is checked and before anything touches a device.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -51,7 +52,9 @@ def main(argv=None) -> int:
     from moe_jax.train.checkpoint import CheckpointMismatchError
     from moe_jax.train.preemption import EXIT_STATUS, Preempted
 
-    initialize_distributed()  # from JAX_COORDINATOR_ADDRESS etc.; a no-op on one process
+    # From JAX_COORDINATOR_ADDRESS etc.; MOE_JAX_DISTRIBUTED=auto lets JAX find its peers
+    # itself (Cloud TPU pods, SLURM); a no-op on one process.
+    initialize_distributed(auto=os.environ.get("MOE_JAX_DISTRIBUTED") == "auto")
     try:
         summary = run_experiment(module, config, workdir)
     except (ConfigError, CheckpointMismatchError) as error:
