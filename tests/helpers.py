@@ -93,3 +93,12 @@ def outside_env(**extra):
     env = dict(os.environ, PYTHONPATH=_PACKAGE_ONLY, **extra)
     env.pop("PYTEST_CURRENT_TEST", None)
     return env
+
+
+# A micro arithmetic run (experiments/pretrain_arith.py and the experiments built on it):
+# a 2-layer, 32-wide model on 400 problems, quick to compile and to train a few steps.
+MICRO_MODEL = ["model.d_model=32", "model.num_layers=2", "model.dense_ffn=64", "model.num_heads=2",
+               "model.kv_lora_rank=16", "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=8",
+               "model.v_head_dim=8", "model.expert_ffn=16"]
+MICRO_RUN = ["data.seq_len=64", "data.num_train=400", "data.num_test=40", "eval.final_num_examples=8",
+             "eval.batch_size=8", "eval.every=0", "eval.show=0", "train.progress_bar=False"]
