@@ -93,3 +93,24 @@ def outside_env(**extra):
     env = dict(os.environ, PYTHONPATH=_PACKAGE_ONLY, **extra)
     env.pop("PYTEST_CURRENT_TEST", None)
     return env
+
+
+# The README's main job (experiments/pretrain_arith.py:tiny) at micro sizes, one device.
+MAIN_JOB_MICRO = [
+    "model.d_model=32", "model.num_layers=2", "model.dense_ffn=64", "model.num_heads=2",
+    "model.kv_lora_rank=16", "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=8",
+    "model.v_head_dim=8", "model.expert_ffn=16", "data.seq_len=64", "train.batch_size=4",
+    "data.num_train=400", "data.num_test=40", "eval.final_num_examples=8", "eval.batch_size=8",
+    "eval.max_new_tokens=4", "eval.every=0", "train.log_every=1", "train.checkpoint_every=3",
+    "train.steps=12", "train.progress_bar=False", "eval.show=0", "mesh.fsdp=1",
+]
+
+
+def main_command(workdir, data_dir, extra=()):
+    """The README's main job at micro sizes, as a user runs it from another directory
+    (run it with cwd outside the repository, env=outside_env())."""
+    import sys
+
+    flags = [f"--config.{o}" for o in MAIN_JOB_MICRO + [f"data.data_dir={data_dir}", *extra]]
+    return [sys.executable, "-u", "-m", "moe_jax.main",
+            f"--config={REPO}/experiments/pretrain_arith.py:tiny", f"--workdir={workdir}", *flags]
