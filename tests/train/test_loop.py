@@ -73,6 +73,7 @@ def test_sigkill_resume_is_exact_and_corrupt_checkpoints_fall_back(tmp_path):
     out = run_main(killed, data_dir, check=True, capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert "checkpoint at step 12 is corrupt" in text and "resumed from step 9" in text, text[-2000:]
+    assert "Traceback" not in text  # orbax's failed restore is told in one line; its threads' noise is in the log
     assert os.listdir(os.path.join(killed, "corrupt"))
     after9 = {f: open(os.path.join(r, f), "rb").read() for r, _, fs in os.walk(os.path.join(ckpt, "9")) for f in fs}
     assert after9 == step9
