@@ -174,11 +174,18 @@ def _stop_all(runs, active, outcomes, log, grace_seconds: float = 120.0):
 
 
 def write_index(root: str, runs: list[Run], outcomes: list[Outcome]) -> str:
-    """<root>/sweep.json: every run's name, workdir, overrides and last status, for the report."""
+    """<root>/sweep.json: every run's name, workdir, overrides and last status, for the
+    report; runs an earlier sweep into the same root listed and this one did not (other
+    seeds, another grid) stay listed after this sweep's."""
     path = os.path.join(root, "sweep.json")
     os.makedirs(root, exist_ok=True)
     records = [{"point": r.point, "seed": r.seed, "workdir": os.path.relpath(r.workdir, root),
                 "overrides": list(r.overrides), "status": o.status} for r, o in zip(runs, outcomes)]
+    if os.path.exists(path):
+        with open(path) as f:
+            earlier = json.load(f)["runs"]
+        listed = {r["workdir"] for r in records}
+        records += [r for r in earlier if r["workdir"] not in listed]
     with open(path + ".tmp", "w") as f:
         json.dump({"runs": records}, f, indent=1)
     os.replace(path + ".tmp", path)
