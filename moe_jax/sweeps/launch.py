@@ -25,8 +25,8 @@ import subprocess
 import time
 
 from moe_jax.jobs.summary import read_summary
-from moe_jax.train import run_config
 from moe_jax.sweeps.plan import Run
+from moe_jax.train import run_config
 
 CONSOLE_FILE = "console.log"
 

@@ -120,14 +120,12 @@ def write_report(root: str, out: str | None = None, figures: bool = True) -> dic
     with open(files[0], "w") as f:
         f.write(f"# {os.path.basename(os.path.abspath(root))}\n\n{table}")
     if figures:
-        from moe_jax.sweeps.figures import expert_load_figure, loss_figure, metric_figure
+        from moe_jax.sweeps import figures as drawing
 
-        names = ("metric.png", "loss.png", "expert_load.png")
-        for name, draw in zip(names, (lambda p: metric_figure(rows, p), lambda p: loss_figure(records, p),
-                                      lambda p: expert_load_figure(records, p))):
-            path = draw(os.path.join(out, name))
-            if path:
-                files.append(path)
+        drawn = (drawing.metric_figure(rows, os.path.join(out, "metric.png")),
+                 drawing.loss_figure(records, os.path.join(out, "loss.png")),
+                 drawing.expert_load_figure(records, os.path.join(out, "expert_load.png")))
+        files += [path for path in drawn if path]
         with open(files[0], "a") as f:
             f.write("".join(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in files[2:]))
     return {"rows": rows, "files": files, "table": table}

@@ -5,11 +5,11 @@ import json
 import os
 
 from helpers import REPO
+from moe_jax.config import load_experiment
 from moe_jax.jobs.summary import Summary
 from moe_jax.sweeps import launch
 from moe_jax.sweeps.plan import plan_sweep
 from moe_jax.train import run_config
-from moe_jax.config import load_experiment
 
 ARITH = os.path.join(REPO, "experiments", "pretrain_arith.py") + ":tiny"
 
