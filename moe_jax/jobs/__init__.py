@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import time
 from typing import Callable
 
@@ -76,7 +77,8 @@ def run_experiment(module, config, workdir: str, log=print, started: float | Non
     """Run the experiment file `module` (None for a preset) with `config`: its own run()
     if it has one, else the job config.job names, given the module for its hooks. The
     Summary is recorded in <workdir>/summary.json, which is what marks a run finished
-    (moe_jax.sweeps); `started`: when the process began (time.time()), for its wall time."""
+    (moe_jax.sweeps), with the process's wall time since `started` (time.time(); default
+    now) and its CPU time."""
     started = time.time() if started is None else started
     if module is not None and hasattr(module, "run"):
         summary = module.run(config, workdir, log=log)
@@ -86,6 +88,8 @@ def run_experiment(module, config, workdir: str, log=print, started: float | Non
     else:
         summary = job_of(config).run(config, workdir, experiment=module, log=log)
     summary.wall_seconds = round(time.time() - started, 1)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    summary.cpu_seconds = round(usage.ru_utime + usage.ru_stime, 1)
     if _is_primary():
         os.makedirs(workdir, exist_ok=True)
         summary.write(workdir)

@@ -25,6 +25,9 @@ class Summary:
     # The whole process that finished the run: data, compilation, training, evaluation
     # (python -m moe_jax.main sets it; a resumed run counts its last attempt).
     wall_seconds: float | None = None
+    # CPU time of that process (all its threads): on a shared machine, where wall time
+    # depends on the others' load, the cost of the run itself.
+    cpu_seconds: float | None = None
 
     def headline(self) -> str:
         """e.g. `held-out exact match: 89.3% on 1000 arithmetic problems after 1800 steps

@@ -6,7 +6,7 @@
 The interval is Student's t: mean +- t(0.975, n-1) * s / sqrt(n), with s the sample
 standard deviation over the n finished seeds, so it is honest about how few seeds a
 sweep can afford (with 3 seeds t is 4.30, not 1.96). A point with one seed has no
-interval. Timing columns (tokens/s, wall) describe the attempt that finished each run
+interval. Timing columns (tokens/s, wall, CPU) describe the attempt that finished each run
 and vary from one machine load to the next; every other column is a property of the
 runs themselves and is the same however often a sweep was stopped and resumed.
 """
@@ -43,7 +43,7 @@ def _mean(values) -> float | None:
 
 def point_rows(records: list[RunRecord]) -> list[dict]:
     """One dict per grid point: seeds finished of those planned, the metric's mean, 95%
-    half-width and per-seed values, mean tokens/s, wall seconds, final loss (mean and
+    half-width and per-seed values, mean tokens/s, wall and CPU seconds, final loss (mean and
     half-width) and the max/mean expert load (mean over seeds)."""
     rows = []
     for point, runs in group_by_point(records).items():
@@ -57,6 +57,7 @@ def point_rows(records: list[RunRecord]) -> list[dict]:
             "values": values, "seed_ids": [r.seed for r in done],
             "tokens_per_second": _mean([r.tokens_per_second for r in done]),
             "wall_seconds": _mean([r.summary.wall_seconds for r in done]),
+            "cpu_seconds": _mean([r.summary.cpu_seconds for r in done]),
             "final_loss": loss_mean, "final_loss_ci95": loss_half,
             "max_over_mean_load": _mean([r.max_over_mean_load for r in done]),
         })
@@ -78,9 +79,9 @@ def markdown_table(rows: list[dict]) -> str:
     percent = _fraction_like(rows)
     metric = next((r["metric"] for r in rows if r["metric"]), "metric")
     unit = " (%)" if percent else ""
-    lines = [f"| point | seeds | {metric}{unit}: mean ± 95% CI | per seed | tokens/s | wall (s) | "
+    lines = [f"| point | seeds | {metric}{unit}: mean ± 95% CI | per seed | tokens/s | wall (s) | CPU (s) | "
              f"final loss | max/mean expert load |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         ci = "" if r["ci95"] is None else f" ± {_number(r['ci95'], percent=percent)}"
         loss_ci = "" if r["final_loss_ci95"] is None else f" ± {_number(r['final_loss_ci95'])}"
@@ -88,12 +89,13 @@ def markdown_table(rows: list[dict]) -> str:
         per_seed = " / ".join(_number(v, percent=percent) for v in r["values"]) or "n/a"
         lines.append(f"| {r['point']} | {seeds} | {_number(r['mean'], percent=percent)}{ci} | {per_seed} | "
                      f"{_number(r['tokens_per_second'], 4)} | {_number(r['wall_seconds'], 4)} | "
+                     f"{_number(r['cpu_seconds'], 4)} | "
                      f"{_number(r['final_loss'])}{loss_ci} | {_number(r['max_over_mean_load'])} |")
     return "\n".join(lines) + "\n"
 
 
 CSV_COLUMNS = ("point", "seeds", "planned", "metric", "mean", "ci95", "values", "tokens_per_second",
-               "wall_seconds", "final_loss", "final_loss_ci95", "max_over_mean_load")
+               "wall_seconds", "cpu_seconds", "final_loss", "final_loss_ci95", "max_over_mean_load")
 
 
 def write_csv(rows: list[dict], path: str) -> str:

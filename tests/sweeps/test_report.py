@@ -29,7 +29,7 @@ def fake_run(workdir, value=None, losses=(2.0, 1.0), load=((0.5, 0.25, 0.25, 0.0
     writer.write(10 * len(losses), {"eval/exact_match": value or 0.0, "eval/examples": 100})
     if value is not None:
         Summary(job="pretrain", metric="held-out exact match", value=value, steps=10 * len(losses),
-                seconds=wall / 2, examples=100, wall_seconds=wall).write(str(workdir))
+                seconds=wall / 2, examples=100, wall_seconds=wall, cpu_seconds=2 * wall).write(str(workdir))
 
 
 def test_t_interval_matches_the_table_values():
@@ -68,7 +68,7 @@ def test_one_row_per_point_with_mean_interval_and_the_rest(sweep_root):
     assert soft["max_over_mean_load"] == 2.0 and soft["tokens_per_second"] == 1000.0
     bias = rows["router=sigmoid_bias"]
     assert (bias["seeds"], bias["planned"], bias["ci95"], bias["max_over_mean_load"]) == (1, 2, None, 1.0)
-    assert bias["wall_seconds"] == 30.0
+    assert bias["wall_seconds"] == 30.0 and bias["cpu_seconds"] == 60.0
     table = markdown_table(point_rows(records))
     assert "| router=softmax | 3 | 60.0 ± 24.8 | 50.0 / 60.0 / 70.0 |" in table
     assert "| router=sigmoid_bias | 1 of 2 | 90.0 |" in table

@@ -35,7 +35,7 @@ def sweep():
 '''
 NAMES = ["router=softmax/seed=0", "router=softmax/seed=1", "router=sigmoid_bias/seed=0",
          "router=sigmoid_bias/seed=1"]
-TIMING = ("tokens_per_second", "wall_seconds")  # the attempt's speed, not the run's result
+TIMING = ("tokens_per_second", "wall_seconds", "cpu_seconds")  # the attempt's speed, not the run's result
 
 
 def sweep_command(where, root):

@@ -109,7 +109,7 @@ def test_bad_config_fails_at_once_naming_the_field(tmp_path):
     start = time.time()
     out = run_main(str(tmp_path / "run"), str(tmp_path / "data"), ["model.top_k=99"],
                    capture_output=True, text=True)
-    assert out.returncode == 2
+    assert out.returncode == 2 and out.stdout == ""
     # One line naming the field and what it may be; no traceback.
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
     assert "model.top_k" in out.stderr and "expected" in out.stderr
