@@ -150,4 +150,4 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_matches(one_device, tmp_pa
     assert sorted(resumed) == sorted(expected)
     np.testing.assert_allclose([resumed[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
                                rtol=1e-6)
-    assert json.load(open(stopped / "summary.json"))["step"] == 12
+    assert json.load(open(stopped / "summary.json"))["steps"] == 12
