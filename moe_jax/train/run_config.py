@@ -65,6 +65,11 @@ def flatten(config, prefix: str = "") -> dict:
     return out
 
 
+# Fields added to configs after runs were recorded without them, with the value that an
+# absent field always meant: a workdir recorded before the field existed continues with it.
+ADDED_FIELDS = {"optimizer.schedule": "cosine", "optimizer.decay_fraction": 0.2}
+
+
 def is_safe(name: str) -> bool:
     return any(name == s or (s.endswith(".") and name.startswith(s)) for s in SAFE_TO_CHANGE)
 
@@ -73,7 +78,7 @@ def differences(old: dict, new: dict) -> tuple[list, list]:
     """-> (unsafe, safe) lists of (field, old value, new value) between two flat configs."""
     unsafe, safe = [], []
     for name in sorted(set(old) | set(new)):
-        a, b = old.get(name, "<absent>"), new.get(name, "<absent>")
+        a, b = (config.get(name, ADDED_FIELDS.get(name, "<absent>")) for config in (old, new))
         if a != b:
             (safe if is_safe(name) else unsafe).append((name, a, b))
     return unsafe, safe
