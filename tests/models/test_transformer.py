@@ -85,19 +85,20 @@ def test_replaying_the_models_own_experts_changes_nothing():
     m = small_config(dispatch="dropless")
     model = Transformer.from_config(m)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 0, m.vocab_size)
-    variables = nn.unbox(model.init(jax.random.PRNGKey(1), tokens))
-    logits, extras = model.apply(variables, tokens)
+    variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(1), tokens))
+    apply = jax.jit(model.apply)  # compiled once per argument structure: eager is slower here
+    logits, extras = apply(variables, tokens)
     own = jnp.moveaxis(extras["moe_stats"]["expert_index"], 0, 2)  # [M, B, T, K] -> [B, T, M, K]
     assert own.shape == (2, 6, 2, m.top_k)
-    replayed, replayed_extras = model.apply(variables, tokens, None, None, own)
+    replayed, replayed_extras = apply(variables, tokens, None, None, own)
     np.testing.assert_array_equal(replayed, logits)
     np.testing.assert_array_equal(replayed_extras["mtp_logits"], extras["mtp_logits"])
     other = (own + 1) % m.num_experts
-    moved, moved_extras = model.apply(variables, tokens, None, None, other)
+    moved, moved_extras = apply(variables, tokens, None, None, other)
     np.testing.assert_array_equal(jnp.moveaxis(moved_extras["moe_stats"]["expert_index"], 0, 2), other)
     assert not np.allclose(moved, logits, atol=1e-4)
-    grad = jax.grad(lambda p: model.apply({**variables, "params": p}, tokens, None, None, other)[0].sum())(
+    grad = jax.jit(jax.grad(lambda p: model.apply({**variables, "params": p}, tokens, None, None, other)[0].sum()))(
         variables["params"])
     assert float(jnp.abs(grad["moe_layers"]["moe"]["router"]["gate"]).sum()) > 0
     with pytest.raises(ValueError, match="MoE layers"):
-        model.apply(variables, tokens, None, None, own[:, :, :1])
+        apply(variables, tokens, None, None, own[:, :, :1])
