@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from moe_jax.train.figures import new_axes, save
-from moe_jax.train.metrics import read_metrics
+from moe_jax.train.metrics import read_metrics, t_interval
 
 ROUTING_PANELS = (("changed", "experts changed, rollout -> update"),
                   ("recomputed_changed", "experts the update's router would change"),
@@ -111,28 +111,6 @@ def plot_router_health(workdir: str, path: str, title: str = "router health duri
     return save(fig, path)
 
 
-def t_quantile(df: int, level: float = 0.975) -> float:
-    """Student's t quantile by bisection on its CDF (regularised incomplete beta)."""
-    from jax.scipy.special import betainc
-
-    def cdf(t):  # for t >= 0
-        return 1.0 - 0.5 * float(betainc(df / 2, 0.5, df / (df + t * t)))
-
-    low, high = 0.0, 1000.0
-    for _ in range(80):
-        mid = (low + high) / 2
-        low, high = (mid, high) if cdf(mid) < level else (low, mid)
-    return (low + high) / 2
-
-
-def mean_interval(values) -> tuple[float, float]:
-    """-> (mean, half-width of the 95% t-interval over the values; nan for one value)."""
-    v = np.asarray(values, np.float64)
-    if len(v) < 2:
-        return float(v.mean()), float("nan")
-    return float(v.mean()), t_quantile(len(v) - 1) * float(v.std(ddof=1)) / math.sqrt(len(v))
-
-
 def variant_figures(workdirs, steps) -> dict:
     """Seeds of one variant -> {"eval": {step: [exact match per seed]}, and the run means
     of clip_fraction, expert_changed, expert_recomputed_changed, rollout_seconds: [per seed]}."""
@@ -174,10 +152,10 @@ def _pm(values, percent=False, digits=1, n=None) -> str:
     if not values:
         return "-"
     scale = 100 if percent else 1
-    mean, half = mean_interval(values)
+    mean, half = t_interval(values)
     unit = "%" if percent else ""
     text = f"{mean * scale:.{digits}f}{unit}"
-    if not math.isnan(half):
+    if half is not None:
         text += f" ± {half * scale:.{digits}f}"
     if n is not None and len(values) < n:
         text += f" ({len(values)} of {n})"
@@ -191,9 +169,10 @@ def plot_variants(variants: dict[str, list[str]], path: str, title: str = "") ->
     for label, workdirs in variants.items():
         records = [read_metrics(w) for w in workdirs]
         steps = sorted({s for r in records for s, v in r.items() if "eval/exact_match" in v})
-        means, halves = zip(*[mean_interval([r[s]["eval/exact_match"] for r in records
-                                             if "eval/exact_match" in r.get(s, {})]) for s in steps])
-        means, halves = np.array(means), np.nan_to_num(np.array(halves))
+        means, halves = zip(*[t_interval([r[s]["eval/exact_match"] for r in records
+                                          if "eval/exact_match" in r.get(s, {})]) for s in steps])
+        # One seed at a step has no interval: no band there.
+        means, halves = np.array(means), np.array([0.0 if h is None else h for h in halves])
         line, = ax_eval.plot(steps, means, "o-", markersize=3, label=label)
         ax_eval.fill_between(steps, means - halves, means + halves, color=line.get_color(), alpha=0.15)
         changed = {}

@@ -20,20 +20,7 @@ import os
 import numpy as np
 
 from moe_jax.sweeps.runs import RunRecord, collect_runs, group_by_point
-
-
-def t_interval(values, confidence: float = 0.95) -> tuple[float, float | None]:
-    """(mean, half-width of the two-sided Student t interval); half-width None for n < 2."""
-    values = np.asarray([v for v in values if v is not None], np.float64)
-    if len(values) == 0:
-        return math.nan, None
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, None
-    from scipy import stats
-
-    t = stats.t.ppf(0.5 + confidence / 2, df=len(values) - 1)
-    return mean, float(t * values.std(ddof=1) / math.sqrt(len(values)))
+from moe_jax.train.metrics import t_interval
 
 
 def _mean(values) -> float | None:

@@ -78,6 +78,25 @@ def read_metrics(workdir: str) -> dict[int, dict]:
     return records
 
 
+def t_interval(values, confidence: float = 0.95) -> tuple[float, float | None]:
+    """(mean, half-width of the two-sided Student t interval) over seeds' values; None
+    entries (runs without the value) are left out; half-width None for n < 2.
+
+    mean +- t(0.5 + confidence / 2, n - 1) * s / sqrt(n), s the sample standard deviation:
+    honest about how few seeds a comparison can afford (with 3 seeds t is 4.30, not 1.96).
+    """
+    values = np.asarray([v for v in values if v is not None], np.float64)
+    if len(values) == 0:
+        return math.nan, None
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, None
+    from scipy import stats
+
+    t = stats.t.ppf(0.5 + confidence / 2, df=len(values) - 1)
+    return mean, float(t * values.std(ddof=1) / math.sqrt(len(values)))
+
+
 class Progress:
     """A tqdm bar with tokens/s and ETA; plain log lines when not on a terminal."""
 
