@@ -106,6 +106,37 @@ def test_grpo_runs_logs_and_resumes_exactly_after_a_crash(sft_dir, tmp_path):
         assert resumed[s]["loss"] == records[s]["loss"] and resumed[s]["reward"] == records[s]["reward"]
 
 
+@pytest.mark.slow  # about a minute on 2 busy cores: sampler, speculative sampler, scorer and update compile
+def test_grpo_with_every_moe_option_on(tmp_path):
+    """GSPO, routing replay, router bias updates and speculative rollouts together, from
+    an untrained model with an MTP module: the update ran the rollout's experts (change
+    fraction 0 in every layer, though the moving biases make its router choose others),
+    the biases moved, and the drafts' acceptance is logged."""
+    from moe_jax.interop.checkpoint import save_converted
+    from moe_jax.models.transformer import Transformer
+    from moe_jax.train.state import init_variables
+
+    moe_rl = ["model.mtp_depth=1", "rl.importance='sequence'", "rl.routing_replay=True",
+              "rl.update_router_bias=True", "rl.speculative=True", "train.steps=2"]
+    config = grpo_config(str(tmp_path / "init"), str(tmp_path / "data"), moe_rl)
+    params, router_bias, _ = init_variables(Transformer.from_config(config.model), jax.random.PRNGKey(0), 16)
+    save_converted(str(tmp_path / "init"), params, router_bias, config.model)
+    summary = loop.train_grpo(config, str(tmp_path / "run"), str(tmp_path / "init"), reward_fn=zeros_reward,
+                              log=lambda *_: None)
+    assert summary["step"] == 2
+    records = read_metrics(str(tmp_path / "run"))
+    moe_layers = config.model.num_layers - config.model.num_dense_layers
+    for step in (1, 2):
+        r = records[step]
+        assert r["routing/changed"] == [0.0] * moe_layers and r["expert_changed"] == 0.0, r
+        assert len(r["routing/entropy"]) == moe_layers and np.isfinite(r["loss"])
+        assert 0.0 <= r["draft_acceptance"] <= 1.0 and r["rollout_seconds"] > 0
+    # The main MoE layers' routers, then the MTP module's: the main ones' biases move.
+    bias_1, bias_2 = np.array(records[1]["routing/bias"]), np.array(records[2]["routing/bias"])
+    assert bias_1.shape == (moe_layers + 1, config.model.num_experts)
+    assert np.any(bias_1[:moe_layers] != bias_2[:moe_layers])
+
+
 @pytest.mark.parametrize("override, field", [
     ("rl.group_size=1", "rl.group_size"),
     ("rl.num_minibatches=3", "rl.num_minibatches"),
