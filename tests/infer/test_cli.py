@@ -31,3 +31,11 @@ def test_sample_prints_the_completion(tmp_path, capsys, tiny_model):
     n = int(out["lengths"][0])
     assert line["prompt"] == "12+34=" and line["tokens"] == n
     assert line["completion"] == tok.decode(np.asarray(out["tokens"][0, :n]).tolist())
+    # --speculative (the tiny model has an MTP module): greedy, so the same completion,
+    # with its drafts counted: the first token needs none, then each verify step proposes
+    # one and emits one token, and a second when the draft is kept.
+    assert main(args + ["--speculative"]) == 0
+    spec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert spec["completion"] == line["completion"] and spec["tokens"] == n
+    proposed, accepted = spec["drafts_proposed"], spec["drafts_accepted"]
+    assert 0 <= accepted <= proposed and 1 + proposed <= n <= 1 + proposed + accepted
