@@ -8,6 +8,7 @@
     moe-jax quantize --config X --checkpoint WORKDIR --out QROOT [--bits 8,4] [--eval 500]
     moe-jax serve --checkpoint WORKDIR [--port 8000] [--max-batch 8] [--quantized]
     moe-jax export --checkpoint WORKDIR --out ART [--quantized]
+    moe-jax watermark detect --key K [--gamma 0.25 --context 1] TEXT_OR_FILE
 
 Every subcommand that takes --config also takes overrides of its fields as
 `--config.model.num_experts=16`, as `python -m moe_jax.main` does (`--override
@@ -29,9 +30,11 @@ from moe_jax.cli.plan import add_plan_command
 from moe_jax.cli.quantize import add_quantize_command
 from moe_jax.cli.sample import add_sample_command
 from moe_jax.cli.serve import add_serve_command
+from moe_jax.cli.watermark import add_watermark_command
 
 COMMANDS = (add_params_command, add_demo_command, add_plan_command, add_convert_command,
-            add_sample_command, add_quantize_command, add_serve_command, add_export_command)
+            add_sample_command, add_quantize_command, add_serve_command, add_export_command,
+            add_watermark_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,21 +3,22 @@
     moe-jax sample --checkpoint WORKDIR --prompt "12+34=" [--prompt ...]
         [--temperature 0.7 --top-k 0 --top-p 0.95] [--max-new-tokens 64] [--seed 0]
         [--config experiments/pretrain_arith.py:tiny] [--config.model.dispatch=reference]
-        [--tokenizer char] [--json]
+        [--tokenizer char] [--json] [--watermark-key K --watermark-delta 2 ...]
 
 --checkpoint is anything the one loader reads (moe_jax.train.loader): a training
 workdir (its newest sealed checkpoint; also its `checkpoints/` dir, one `<step>` dir
 or that step's `state` dir), a model directory (`moe-jax convert`) or a quantised
 export (`moe-jax quantize`, dequantised on load). --config is needed only for a
 workdir that records no config. The prompt is encoded as training does (<bos> + text);
-generation stops at <eos>.
+generation stops at <eos>. --watermark-key draws with the green-list watermark that
+`moe-jax watermark detect --key K` finds.
 """
 
 from __future__ import annotations
 
 import json
 
-from moe_jax.cli.arguments import add_config_arguments, error
+from moe_jax.cli.arguments import add_config_arguments, add_watermark_arguments, error, watermark_from_args
 
 
 def load_for_sampling(args):
@@ -50,6 +51,7 @@ def _sample(args) -> int:
     from moe_jax.train.checkpoint import CorruptCheckpointError
 
     try:
+        watermark = watermark_from_args(args)
         model_config, params, router_bias, tokenizer_name = load_for_sampling(args)
     except (FileNotFoundError, ValueError, CorruptCheckpointError) as e:
         return error("sample", e)
@@ -64,7 +66,7 @@ def _sample(args) -> int:
                    max_new_tokens=args.max_new_tokens, rng=jax.random.PRNGKey(args.seed),
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
-                   vocab_limit=min(tokenizer.vocab_size, model_config.vocab_size))
+                   vocab_limit=min(tokenizer.vocab_size, model_config.vocab_size), watermark=watermark)
     tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
     logprobs = np.asarray(out["logprobs"])
     for row, prompt in enumerate(args.prompt):
@@ -92,4 +94,5 @@ def add_sample_command(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--tokenizer", help="'char' or a tokenizer.json path (default: the run's)")
     s.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    add_watermark_arguments(s)
     s.set_defaults(func=_sample)

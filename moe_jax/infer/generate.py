@@ -28,6 +28,7 @@ import numpy as np
 from moe_jax.infer.cache import KVCache, init_cache
 from moe_jax.infer.rows import gather_rows, place_rows, sampling_context
 from moe_jax.infer.sampling import sample_tokens, token_logprobs
+from moe_jax.infer.watermark import Watermark, initial_context, shift_context
 from moe_jax.models.transformer import forward_with_cache
 
 
@@ -112,21 +113,23 @@ def decode_step(model_config, params, router_bias, cache: KVCache, tokens):
 
 @functools.partial(jax.jit, static_argnames=(
     "m", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id",
-    "cache_dtype", "vocab_limit"))
+    "cache_dtype", "vocab_limit", "watermark"))
 def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max_new_tokens,
-              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype, vocab_limit):
+              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype, vocab_limit, watermark):
     batch, prompt_len = prompt_tokens.shape
     cache = init_cache(m, batch, prompt_len + max_new_tokens, cache_dtype)
     logits, cache = _prefill(m, params, router_bias, cache, prompt_tokens, prompt_lengths)
     stop = jnp.asarray(stop_tokens, jnp.int32)
 
-    def choose(step, logits, done):
-        """Sample from logits [B, V]; rows already done get pad_id and log-prob 0."""
+    def choose(step, logits, done, context):
+        """Sample from logits [B, V]; rows already done get pad_id and log-prob 0.
+        context [B, h]: the tokens the watermark hashes (None without one)."""
         if vocab_limit is not None:  # ids padding the table past the tokenizer: never drawn
             logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
-        token = sample_tokens(logits, jax.random.fold_in(rng, step), temperature=temperature,
+        drawn_from = logits if watermark is None else watermark.bias(logits, context)
+        token = sample_tokens(drawn_from, jax.random.fold_in(rng, step), temperature=temperature,
                               top_k=top_k, top_p=top_p)
-        logprob = token_logprobs(logits, token)
+        logprob = token_logprobs(logits, token)  # the model's own, watermark or not
         token = jnp.where(done, pad_id, token)
         logprob = jnp.where(done, 0.0, logprob)
         now_done = done | jnp.any(token[:, None] == stop[None, :], axis=-1) if stop_tokens else done
@@ -135,32 +138,34 @@ def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
     done = jnp.zeros((batch,), bool)
-    token, logprob, new_done = choose(0, logits[:, -1], done)
+    context = None if watermark is None else initial_context(prompt_tokens, watermark.context, pad_id)
+    token, logprob, new_done = choose(0, logits[:, -1], done, context)
     tokens, logprobs = tokens.at[:, 0].set(token), logprobs.at[:, 0].set(logprob)
     lengths = jnp.ones((batch,), jnp.int32)
 
     def cond(state):
-        step, _, _, _, _, done, _ = state
+        step, _, _, _, _, done, _, _ = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(state):
-        step, cache, token, tokens, logprobs, done, lengths = state
+        step, cache, token, tokens, logprobs, done, lengths, context = state
         logits, cache = _extend(m, params, router_bias, cache, token[:, None])
-        token, logprob, new_done = choose(step, logits[:, 0], done)
+        context = None if context is None else shift_context(context, token)
+        token, logprob, new_done = choose(step, logits[:, 0], done, context)
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
         logprobs = jax.lax.dynamic_update_slice(logprobs, logprob[:, None], (0, step))
         lengths = lengths + (~done).astype(jnp.int32)
-        return step + 1, cache, token, tokens, logprobs, new_done, lengths
+        return step + 1, cache, token, tokens, logprobs, new_done, lengths, context
 
-    state = (jnp.ones((), jnp.int32), cache, token, tokens, logprobs, new_done, lengths)
-    _, _, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, state)
+    state = (jnp.ones((), jnp.int32), cache, token, tokens, logprobs, new_done, lengths, context)
+    _, _, _, tokens, logprobs, done, lengths, _ = jax.lax.while_loop(cond, body, state)
     return {"tokens": tokens, "lengths": lengths, "logprobs": logprobs, "finished": done}
 
 
 def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *,
              max_new_tokens: int, rng=None, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, stop_tokens=(), pad_id: int = 0, cache_dtype=None,
-             vocab_limit: int | None = None):
+             vocab_limit: int | None = None, watermark: Watermark | None = None):
     """Sample up to `max_new_tokens` per left-padded prompt, all in one jit.
 
     Returns a dict:
@@ -172,7 +177,9 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
     temperature 0 is greedy; the same rng gives the same tokens. vocab_limit: draw only
     ids below it (the tokenizer's size, when the embedding table is padded past it), as
     the serving engine does; None draws from the whole table, as evaluation does, where
-    an id no tokenizer can decode counts as a wrong answer.
+    an id no tokenizer can decode counts as a wrong answer. watermark: draw with its
+    green-list bias (moe_jax.infer.watermark; the first draw hashes the prompt's last
+    tokens); the log-probs stay the model's.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -187,7 +194,8 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
                         top_k=int(top_k), top_p=float(top_p),
                         stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
                         cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype).name,
-                        vocab_limit=None if vocab_limit is None else int(vocab_limit))
+                        vocab_limit=None if vocab_limit is None else int(vocab_limit),
+                        watermark=watermark)
     return gather_rows(out, rows) if rows != out["tokens"].shape[0] or _sharded(out) else out
 
 

@@ -40,21 +40,23 @@ def left_padded_prompts(prompts: Sequence[str], tokenizer, prompt_len: int):
 
 def sample_groups(model_config, params, router_bias, examples: Sequence, tokenizer, *,
                   reward_fn: RewardFn, group_size: int, prompt_len: int, max_new_tokens: int,
-                  temperature: float, rng, scale_by_std: bool = True, generate_fn=generate) -> dict:
+                  temperature: float, rng, scale_by_std: bool = True, generate_fn=generate,
+                  watermark=None) -> dict:
     """Sample `group_size` responses for each example and score them.
 
     Returns numpy arrays with B = len(examples) x group_size rows, groups contiguous:
     the `rollout_layout` fields, "advantages" [B], every reward_fn field, "response_length"
     [B], "finished" [B], "informative" [len(examples)], plus "responses" (texts, None
     for undecodable ones) and "examples" (repeated to match). generate_fn: the sampler
-    (moe_jax.infer.generate.generate, or a Placement's sharded call of it).
+    (moe_jax.infer.generate.generate, or a Placement's sharded call of it). watermark: a
+    moe_jax.infer.watermark.Watermark the responses are drawn with (None: none).
     """
     repeated = [e for e in examples for _ in range(group_size)]
     prompt_tokens, prompt_lengths = left_padded_prompts([e.prompt for e in repeated], tokenizer,
                                                         prompt_len)
     out = generate_fn(model_config, params, router_bias, prompt_tokens, prompt_lengths,
                    max_new_tokens=max_new_tokens, rng=rng, temperature=temperature,
-                   stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id)
+                   stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id, watermark=watermark)
     new_tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
     responses = [decode_response(tokenizer, row.tolist()) for row in new_tokens]
     scored = reward_fn(repeated, [r if r is not None else "" for r in responses])
