@@ -36,6 +36,9 @@ setup(
         "privacy": PRIVACY,
         "interop": ["torch==2.13.0", "transformers>=5.15", "safetensors>=0.4"],
         "notebooks": ["matplotlib>=3.8", "jupyter>=1.0"],
+        # GPU/TPU grouped-matmul kernels for the dropless engine (moe_jax.moe.ragged_kernels);
+        # needs jax >= 0.11.1, and the engine falls back to jax.lax.ragged_dot without it.
+        "accelerators": ["tokamax>=0.0.17"],
     },
     entry_points={"console_scripts": ["moe-jax=moe_jax.cli:main"]},
 )

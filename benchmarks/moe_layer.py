@@ -7,8 +7,16 @@ efficient dropless layer would do. Timings are interleaved (dense, engine, engin
 per round) and each ratio is the median over rounds of (engine / dense) in that round,
 so load from other work on a shared machine hits both sides alike.
 
+On CPU it also reports the cores it ran on and, unless --no-scaling, each step's
+per-core scaling: its time on one core (a child process pinned to one of them) over its
+time on all of them. A dense matmul scales almost linearly; an engine that scales
+worse loses ground to it on every extra core. On GPU/TPU the dropless engine is timed
+with every grouped-matmul kernel that is available (`ragged_kernels`).
+
     python benchmarks/moe_layer.py                      # S=4096 D=512 E=64 K=6 F=256 fp32
     python benchmarks/moe_layer.py --tokens 1024 --with-reference
+    python benchmarks/moe_layer.py --cores 1            # pinned to one core
+    python benchmarks/moe_layer.py --side-by-side python3.11 other-venv/bin/python
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -24,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_jax.layers.mlp import swiglu
-from moe_jax.moe import dispatch, dropless
+from moe_jax.moe import dispatch, dropless, ragged_kernels
 
-LIMITS = {"dropless": 1.5, "capacity": 1.6}  # max fwd+bwd time / dense time
-TARGETS = {"dropless": 1.3}
+LIMITS = {"dropless": 1.3, "capacity": 1.35}  # max fwd+bwd time / dense time
+TARGETS = {"dropless": 1.1}
 
 
 def parse_args():
@@ -44,6 +54,14 @@ def parse_args():
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     p.add_argument("--with-reference", action="store_true", help="also time the E-times-work loop")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cores", type=int, default=None,
+                   help="pin this process to its first N allowed cores before JAX starts")
+    p.add_argument("--no-scaling", action="store_true",
+                   help="skip the one-core child run (per-core scaling)")
+    p.add_argument("--side-by-side", nargs="+", metavar="PYTHON", default=None,
+                   help="run this benchmark under each interpreter (e.g. two JAX versions), "
+                        "alternating, and print their figures in one line")
+    p.add_argument("--repeats", type=int, default=2, help="alternations for --side-by-side")
     return p.parse_args()
 
 
@@ -105,20 +123,59 @@ def timed(step, *args):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main():
-    a = parse_args()
+def pin_to_cores(num_cores):
+    """Restrict this process to its first `num_cores` allowed cores. Called before JAX
+    creates its CPU client, which sizes its thread pool from the cores it may use."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= num_cores <= len(allowed):
+        raise ValueError(f"--cores={num_cores}: expected 1..{len(allowed)} (the cores this process may use)")
+    os.sched_setaffinity(0, allowed[:num_cores])
+
+
+def child_argv(drop):
+    """This run's own arguments without the options named in `drop` (and their values)."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if arg.startswith("--"):
+            skip = arg.split("=")[0] in drop
+            if skip:
+                continue
+        elif skip:
+            continue
+        argv.append(arg)
+    return argv
+
+
+def run_child(python, extra_args, drop=("--side-by-side", "--repeats")):
+    """Figures of this benchmark run by `python` in a child process, with this run's
+    arguments less `drop` plus `extra_args`."""
+    out = subprocess.run([python, os.path.abspath(__file__), *child_argv(drop), *extra_args],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def engines_to_time(a, tiling):
+    engines = {"capacity": dispatch.capacity}
+    if jax.default_backend() == "cpu":
+        engines["dropless"] = lambda *args: dropless.dropless(*args, max_tile=tiling[0], align=tiling[1])
+    else:  # the backend's default kernel, and XLA's ragged dot beside it when that is another
+        engines["dropless"] = dropless.dropless
+        if ragged_kernels.default_implementation() != "ragged_dot":
+            engines["dropless_ragged_dot"] = lambda *args: dropless.dropless(*args, implementation="ragged_dot")
+    if a.with_reference:
+        engines["reference"] = dispatch.reference
+    return engines
+
+
+def measure(a):
     x, expert_index, combine_weights, experts, dense = make_inputs(a)
     num_assignments = a.tokens * a.top_k
     load = np.bincount(np.asarray(expert_index).ravel(), minlength=a.experts)
 
     default_tiling = dropless.cpu_tiling(num_assignments, a.experts)
     tiling = (a.max_tile or default_tiling[0], a.align or default_tiling[1])
-    engines = {"capacity": dispatch.capacity,
-               "dropless": lambda *args: dropless.dropless(*args, max_tile=tiling[0], align=tiling[1])}
-    if a.with_reference:
-        engines["reference"] = dispatch.reference
     steps = {"dense": (dense_step(), (x, dense))}
-    for name, engine in engines.items():
+    for name, engine in engines_to_time(a, tiling).items():
         steps[name] = (engine_step(engine, a.capacity_factor), (x, experts, expert_index, combine_weights))
 
     result = {name: {} for name in steps}
@@ -157,6 +214,8 @@ def main():
         "capacity_factor": a.capacity_factor,
         "dropless_tiling": dict(zip(("max_tile", "align"), tiling)),
         "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "cores": len(os.sched_getaffinity(0)),
         "dropless_implementation": dropless.default_implementation(),
         "routing": "softmax top-k of N(0,1) logits",
         "expert_load_max_over_mean": round(float(load.max() / load.mean()), 3),
@@ -174,6 +233,56 @@ def main():
         "pass": {name: result[name]["vs_dense"] <= limit for name, limit in LIMITS.items()},
         "engines": result,
     }
+    return figures
+
+
+def add_scaling(figures):
+    """Per-core scaling from a child pinned to one core: its time / this run's time, per
+    step (dense included), and the engine / dense ratios on that one core."""
+    one = run_child(sys.executable, ["--cores", "1", "--no-scaling"],
+                    drop=("--side-by-side", "--repeats", "--cores", "--no-scaling"))
+    figures["one_core_vs_dense"] = {name: one["engines"][name]["vs_dense"] for name in LIMITS}
+    figures["per_core_scaling"] = {
+        name: round(one["engines"][name]["ms_median"] / timing["ms_median"], 2)
+        for name, timing in figures["engines"].items()}
+    figures["one_core_loadavg_1min"] = one["loadavg_1min"]
+
+
+def side_by_side(a):
+    """The same benchmark under each interpreter, alternating `repeats` times; per
+    interpreter the median over its runs of each figure that decides a pass."""
+    runs = {python: [] for python in a.side_by_side}
+    for _ in range(a.repeats):
+        for python in a.side_by_side:
+            runs[python].append(run_child(python, []))
+    keys = ("dropless_vs_dense", "capacity_vs_dense", "one_core_vs_dense", "per_core_scaling")
+    by_python = {}
+    for python, figures in runs.items():
+        row = {"jax": figures[0]["jax"], "cores": figures[0]["cores"],
+               "loadavg_1min": [f["loadavg_1min"] for f in figures],
+               "dense_cores_used": [f["dense_cores_used"] for f in figures],
+               "dense_ms_median": statistics.median(f["engines"]["dense"]["ms_median"] for f in figures)}
+        for key in keys:
+            values = [f[key] for f in figures if key in f]
+            if not values:
+                continue
+            row[key] = (statistics.median(values) if not isinstance(values[0], dict) else
+                        {k: statistics.median(v[k] for v in values) for k in values[0]})
+        by_python[python] = row
+    return {"benchmark": "moe_layer", "side_by_side": by_python, "repeats": a.repeats,
+            "arguments": child_argv(("--side-by-side", "--repeats"))}
+
+
+def main():
+    a = parse_args()
+    if a.side_by_side:
+        print(json.dumps(side_by_side(a)))
+        return
+    if a.cores:
+        pin_to_cores(a.cores)
+    figures = measure(a)
+    if jax.default_backend() == "cpu" and not a.no_scaling and figures["cores"] > 1:
+        add_scaling(figures)
     print(json.dumps(figures))
 
 

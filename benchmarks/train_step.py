@@ -12,17 +12,38 @@ full T x T products, which is what the kernel computes).
 
     python benchmarks/train_step.py                         # d_model 512, dropless
     python benchmarks/train_step.py --dispatch capacity --seq-len 256 --batch 8
+    python benchmarks/train_step.py --breakdown             # + where the step's time goes
+    python benchmarks/train_step.py --mesh data=2,expert=4 --config experiments/pretrain_arith.py:small
+                                   # per-device memory of the sharded step vs moe-jax plan
+
+--breakdown traces three more steps with the JAX profiler and adds `time_share`: each
+part of the model's share of the step's op time (every op's duration on the thread that
+ran it, less the ops nested in it; work an op hands to helper threads counts as its own
+wall time), the part found from the JAX source path XLA keeps on every compiled op.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
+# --mesh compiles for simulated CPU devices, which must exist before jax starts.
+if "--mesh" in " ".join(sys.argv) and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    _devices = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "8")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={_devices}").strip()
+
 import argparse
+import collections
+import glob
+import gzip
 import json
+import re
 import statistics
+import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from moe_jax.config import load_config
@@ -48,7 +69,12 @@ def parse_args():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dispatch", default="dropless")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--mesh", default=None, help="AXIS=SIZE,...: compile the sharded step on this mesh "
+                   "and compare its per-device memory with moe-jax plan (benchmarks/mesh_memory.py)")
+    p.add_argument("--config", default="experiments/pretrain_arith.py:tiny", help="with --mesh: the config")
+    p.add_argument("--devices", default="8", help="with --mesh: simulated CPU devices (--devices=N)")
     p.add_argument("--steps-per-round", type=int, default=3)
+    p.add_argument("--breakdown", action="store_true", help="add the time share of each model part")
     return p.parse_args()
 
 
@@ -89,7 +115,66 @@ def matmul_rate(rounds=1):
     return 2 * n**3 * chain / (time.perf_counter() - start)
 
 
+# Model parts by the JAX source path of each compiled op (first match wins). Ops with no
+# path are buffers XLA fills or copies for itself; ops of jit(train_step) outside the
+# model are the optimizer and the loss bookkeeping.
+PARTS = (("router", r"/moe/router"), ("shared expert", r"/moe/shared"),
+         ("routed experts + dispatch", r"/moe/"), ("attention", r"/attn[/.]"), ("dense MLP", r"/mlp/"),
+         ("norms", r"norm"), ("embedding, head, loss", r"logits|embed|log_softmax|cross_entropy"),
+         ("scanned layers: slicing their parameters", r"dynamic_index_in_dim"),
+         ("scanned layers: stacking their outputs", r"dynamic_update_index_in_dim"),
+         ("optimizer, loss bookkeeping", r"^jit\(train_step\)/(?!.*Transformer)"))
+NOT_OPS = ("$", "ThunkExecutor", "Slinky", "Threadpool", "end: ")
+
+
+def time_share(step, state, batch, num_steps=3):
+    """{part: share of op time} over `num_steps` traced steps, or {"error": why}."""
+    compiled = step.lower(state, batch, jax.random.PRNGKey(0)).compile().as_text()
+    op_path = dict(re.findall(r'%([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]*)"', compiled))
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for i in range(num_steps):
+                state, metrics = step(state, batch, jax.random.PRNGKey(i))
+            jax.block_until_ready(metrics)
+        traces = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)
+        if not traces:
+            return {"error": "the profiler wrote no perfetto trace"}
+        events = [e for e in json.load(gzip.open(traces[0]))["traceEvents"]
+                  if e.get("ph") == "X" and not e["name"].startswith(NOT_OPS)]
+    # Exclusive time per op: an event's duration less the events nested in it on its thread.
+    own = collections.Counter()
+    by_thread = collections.defaultdict(list)
+    for e in events:
+        by_thread[e["tid"]].append(e)
+    for thread_events in by_thread.values():
+        thread_events.sort(key=lambda e: (e["ts"], -e["dur"]))
+        open_events = []
+        for e in thread_events:
+            while open_events and open_events[-1]["ts"] + open_events[-1]["dur"] <= e["ts"]:
+                open_events.pop()
+            own[e["name"]] += e["dur"]
+            if open_events:
+                own[open_events[-1]["name"]] -= e["dur"]
+            open_events.append(e)
+    parts = collections.Counter()
+    for name, micros in own.items():
+        if name.startswith(("while", "cond")):  # loop and branch control; its ops count below
+            continue
+        path = op_path.get(name)
+        part = "buffers with no source op (fills, copies)" if path is None else next(
+            (part for part, pattern in PARTS if re.search(pattern, path)), "other")
+        parts[part] += micros
+    total = sum(parts.values())
+    return {part: round(micros / total, 3) for part, micros in parts.most_common()}
+
+
 def main():
+    if parse_args().mesh:
+        from mesh_memory import mesh_memory  # beside this script
+
+        a = parse_args()
+        print(json.dumps(mesh_memory(a.config, a.mesh)))
+        return
     a = parse_args()
     m = model_config(a)
     model = Transformer.from_config(m)
@@ -132,6 +217,7 @@ def main():
         "mfu": round(mfu, 4), "mfu_goal": GOAL_MFU, "meets_goal": mfu >= GOAL_MFU,
         "compile_seconds": round(compile_seconds, 1),
         "dropped_fraction": float(metrics["dropped_fraction"]),
+        **({"time_share": time_share(step, state, batch)} if a.breakdown else {}),
     }))
 
 

@@ -20,6 +20,8 @@ subpackage), lazy imports inside functions included (tests/test_layering.py chec
     jobs/ serve/ analysis/
                 named runs and the recipes experiments build on | OpenAI-compatible server,
                 exported artefacts | reading finished runs
+    sweeps/     an experiment's sweep() x seeds run as jobs, and the table and figures of
+                their Summaries (below jobs/: it reads what every job records)
     main.py cli/  python -m moe_jax.main, the moe-jax command
 
 Two changes to the plainest order, on purpose: quant/ sits below train/ because the one
@@ -31,5 +33,5 @@ other. LAYERS below is the order as data.
 LAYERS = (
     ("layers",), ("moe",), ("models",), ("config",), ("data", "parallel", "infer", "interop"),
     ("quant",), ("train",), ("lora", "distill"), ("rl",), ("grm",), ("jobs", "serve", "analysis"),
-    ("main", "cli"),
+    ("sweeps",), ("main", "cli"),
 )

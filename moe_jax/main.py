@@ -15,7 +15,10 @@ config is checked and before anything touches a device.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+import traceback
 
 
 def parse_args(argv):
@@ -30,15 +33,14 @@ def parse_args(argv):
     return args.config, args.workdir, overrides
 
 
-def main(argv=None) -> int:
-    spec, workdir, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    from absl import logging
+LOG_FILE = "log.txt"
 
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
+
+def main(argv=None) -> int:
+    started = time.time()
+    spec, workdir, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     from moe_jax.config import load_experiment
     from moe_jax.jobs import run_experiment, validate_experiment
-    from moe_jax.parallel.distributed import initialize_distributed
-
     from moe_jax.models.config import ConfigError
 
     try:
@@ -48,21 +50,57 @@ def main(argv=None) -> int:
         # A bad config is the user's to fix: one line naming the field, no traceback.
         print(f"python -m moe_jax.main: error: {error}", file=sys.stderr)
         return 2
+    from moe_jax.parallel.distributed import initialize_distributed, resolve_settings
     from moe_jax.train.checkpoint import CheckpointMismatchError
     from moe_jax.train.preemption import EXIT_STATUS, Preempted
+    from moe_jax.train.trainer import NonFiniteLossError
 
-    initialize_distributed()  # from JAX_COORDINATOR_ADDRESS etc.; a no-op on one process
+    console = _quiet_console(workdir, resolve_settings().process_id)
+    # From JAX_COORDINATOR_ADDRESS etc.; MOE_JAX_DISTRIBUTED=auto lets JAX find its peers
+    # itself (Cloud TPU pods, SLURM); a no-op on one process.
+    initialize_distributed(auto=os.environ.get("MOE_JAX_DISTRIBUTED") == "auto")
     try:
-        summary = run_experiment(module, config, workdir)
-    except (ConfigError, CheckpointMismatchError) as error:
-        # A config that cannot continue the run in --workdir: refused before anything changed.
-        print(f"python -m moe_jax.main: error: {error}", file=sys.stderr)
+        summary = run_experiment(module, config, workdir, log=console.say, started=started)
+    except (ConfigError, CheckpointMismatchError, NonFiniteLossError) as error:
+        # A config that cannot continue the run in --workdir (refused before anything
+        # changed), or a run that went non-finite: the message says what to do.
+        console.error(f"python -m moe_jax.main: error: {error}")
         return 2
     except Preempted as preempted:
-        print(f"python -m moe_jax.main: {preempted}", file=sys.stderr)
+        console.error(f"python -m moe_jax.main: {preempted}")
         return EXIT_STATUS
-    print(summary.headline())
+    except KeyboardInterrupt:
+        console.error("python -m moe_jax.main: interrupted; rerun the same command to resume "
+                      "from the last checkpoint")
+        return 130
+    except Exception as error:  # noqa: BLE001 - a bug's traceback belongs in the log, not on screen
+        traceback.print_exc()  # stderr is the log file
+        console.error(f"python -m moe_jax.main: error: {type(error).__name__}: {error} "
+                      f"(traceback in {console.log_path})")
+        return 1
+    console.say(summary.headline())
     return 0
+
+
+def _quiet_console(workdir: str, process_index: int):
+    """Library messages to <workdir>/log.txt from here on (moe_jax.train.console); each
+    further process of a multi-host job its own log.process<i>.txt beside it."""
+    import logging as std_logging
+
+    from absl import logging
+
+    from moe_jax.train.console import Console
+
+    name = LOG_FILE if process_index == 0 else f"log.process{process_index}.txt"
+    log_path = os.path.join(workdir, name)
+    console = Console.start(log_path)
+    logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
+    std_logging.captureWarnings(True)
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # its bars would only fill the log
+    console.say(f"library messages and warnings: {log_path}")
+    return console
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Small builders shared by tests."""
 
 import os
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +94,26 @@ def outside_env(**extra):
     env = dict(os.environ, PYTHONPATH=_PACKAGE_ONLY, **extra)
     env.pop("PYTEST_CURRENT_TEST", None)
     return env
+
+
+# A micro arithmetic run (experiments/pretrain_arith.py and the experiments built on it):
+# a 2-layer, 32-wide model on 400 problems, quick to compile and to train a few steps.
+MICRO_MODEL = ["model.d_model=32", "model.num_layers=2", "model.dense_ffn=64", "model.num_heads=2",
+               "model.kv_lora_rank=16", "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=8",
+               "model.v_head_dim=8", "model.expert_ffn=16"]
+MICRO_RUN = ["data.seq_len=64", "data.num_train=400", "data.num_test=40", "eval.final_num_examples=8",
+             "eval.batch_size=8", "eval.every=0", "eval.show=0", "train.progress_bar=False"]
+
+# The README's main job (experiments/pretrain_arith.py:tiny) at micro sizes, one device.
+MAIN_JOB_MICRO = MICRO_MODEL + MICRO_RUN + [
+    "train.batch_size=4", "eval.max_new_tokens=4", "train.log_every=1",
+    "train.checkpoint_every=3", "train.steps=12", "mesh.fsdp=1",
+]
+
+
+def main_command(workdir, data_dir, extra=()):
+    """The README's main job at micro sizes, as a user runs it from another directory
+    (run it with cwd outside the repository, env=outside_env())."""
+    flags = [f"--config.{o}" for o in MAIN_JOB_MICRO + [f"data.data_dir={data_dir}", *extra]]
+    return [sys.executable, "-u", "-m", "moe_jax.main",
+            f"--config={REPO}/experiments/pretrain_arith.py:tiny", f"--workdir={workdir}", *flags]

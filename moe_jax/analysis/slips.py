@@ -56,21 +56,20 @@ def slip_counts(records) -> dict[str, int]:
     return counts
 
 
-def main(argv):
-    from moe_jax.config import load_config
+def run_slip_counts(workdir: str, config=None, num_examples: int | None = None) -> tuple[dict, int]:
+    """Greedy answers of the newest model in `workdir` (a training or GRPO run) to the
+    first `num_examples` held-out problems of `config` (default: the config the run
+    recorded; its eval.final_num_examples), classified: -> (slip_counts, problems)."""
     from moe_jax.data.tasks import get_task
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.train.evaluate import exact_match
     from moe_jax.train.loader import load_model, read_run_config
     from moe_jax.train.loop import load_data
 
-    if not 1 <= len(argv) <= 3:
-        raise SystemExit(__doc__)
-    workdir = argv[0]
-    config = load_config(argv[1]) if len(argv) > 1 else read_run_config(workdir)
+    config = config if config is not None else read_run_config(workdir)
     if config is None:
-        raise SystemExit(f"{workdir} records no config.json: name the experiment it ran (CONFIG)")
-    n = int(argv[2]) if len(argv) > 2 else config.eval.final_num_examples
+        raise FileNotFoundError(f"{workdir} records no config.json: name the experiment it ran (CONFIG)")
+    n = num_examples or config.eval.final_num_examples
     loaded = load_model(workdir, config.model)
     tokenizer = get_tokenizer(config.data.tokenizer)
     _, test = load_data(config, workdir)
@@ -80,8 +79,21 @@ def main(argv):
                                   task=config.data.task, num_examples=n,
                                   batch_size=config.eval.batch_size,
                                   max_new_tokens=config.eval.max_new_tokens, show=n)
-    counts = slip_counts((p, answers[p], r) for p, r, _ in shown)
-    print(f"{workdir} (step {loaded.step}), {count} held-out problems: "
+    return slip_counts((p, answers[p], r) for p, r, _ in shown), count
+
+
+def main(argv):
+    from moe_jax.config import load_config
+
+    if not 1 <= len(argv) <= 3:
+        raise SystemExit(__doc__)
+    workdir = argv[0]
+    config = load_config(argv[1]) if len(argv) > 1 else None
+    try:
+        counts, count = run_slip_counts(workdir, config, int(argv[2]) if len(argv) > 2 else None)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
+    print(f"{workdir}, {count} held-out problems: "
           + ", ".join(f"{k} {v} ({v / count:.1%})" for k, v in counts.items()))
     return counts
 

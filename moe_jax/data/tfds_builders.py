@@ -20,7 +20,9 @@ turns one back into an Example. Row i of a split is the i-th problem from
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import typing
 from typing import Any
@@ -158,12 +160,33 @@ def load_task_split(task: str, split: str, data_dir: str | os.PathLike, **config
     Generation is deterministic, and TFDS writes into a temporary directory that
     it renames when done, so several hosts each preparing their own local
     `data_dir` get identical data; hosts sharing one `data_dir` should let
-    process 0 prepare it first.
+    process 0 prepare it first. Processes on one machine sharing a `data_dir` (the
+    runs of a sweep) take turns: the first generates, the others wait and read.
     """
-    builder = builder_for(task, data_dir, **config)
-    # try_download_gcs=False: there is nothing to fetch, and the check for a
-    # hosted copy would otherwise reach out to the network.
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    with _generation_lock(data_dir, make_config(task, **config).name):
+        # Made under the lock: a builder reads what is on disk when it is made, and one
+        # made while another process was still writing would not see the finished files.
+        builder = builder_for(task, data_dir, **config)
+        # try_download_gcs=False: there is nothing to fetch, and the check for a
+        # hosted copy would otherwise reach out to the network.
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder.as_data_source(split=split)
+
+
+@contextlib.contextmanager
+def _generation_lock(data_dir, name: str):
+    """An exclusive lock file per dataset config: two processes preparing the same
+    dataset at once would both write it and race on the final rename. Local
+    directories only: a bucket (gs://...) is shared by hosts, which primary_first orders."""
+    if "://" in os.fspath(data_dir):
+        yield
+        return
+    os.makedirs(data_dir, exist_ok=True)
+    with open(os.path.join(data_dir, f".{name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -21,6 +21,9 @@ module, and an experiment file imports the package, never another experiment fil
 from __future__ import annotations
 
 import dataclasses
+import os
+import resource
+import time
 from typing import Callable
 
 from moe_jax.jobs.summary import Summary
@@ -70,13 +73,30 @@ def validate_experiment(module, config) -> None:
         job_of(config).validate(config)
 
 
-def run_experiment(module, config, workdir: str, log=print) -> Summary:
+def run_experiment(module, config, workdir: str, log=print, started: float | None = None) -> Summary:
     """Run the experiment file `module` (None for a preset) with `config`: its own run()
-    if it has one, else the job config.job names, given the module for its hooks."""
+    if it has one, else the job config.job names, given the module for its hooks. The
+    Summary is recorded in <workdir>/summary.json, which is what marks a run finished
+    (moe_jax.sweeps), with the process's wall time since `started` (time.time(); default
+    now) and its CPU time."""
+    started = time.time() if started is None else started
     if module is not None and hasattr(module, "run"):
         summary = module.run(config, workdir, log=log)
         if not isinstance(summary, Summary):
             raise TypeError(f"{module.__name__}.run returned {type(summary).__name__}; expected a "
                             f"moe_jax.jobs.Summary")
-        return summary
-    return job_of(config).run(config, workdir, experiment=module, log=log)
+    else:
+        summary = job_of(config).run(config, workdir, experiment=module, log=log)
+    summary.wall_seconds = round(time.time() - started, 1)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    summary.cpu_seconds = round(usage.ru_utime + usage.ru_stime, 1)
+    if _is_primary():
+        os.makedirs(workdir, exist_ok=True)
+        summary.write(workdir)
+    return summary
+
+
+def _is_primary() -> bool:
+    import jax
+
+    return jax.process_index() == 0

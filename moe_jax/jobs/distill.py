@@ -111,9 +111,7 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
         f"params), student from scratch {details['scratch_exact_match']:.1%}, distilled "
         f"{details['distilled_exact_match']:.1%} ({details['student_params']:,} params, "
         f"{d.student_steps} steps each)")
-    summary = Summary(job="distill", metric="held-out exact match of the distilled student",
-                      value=results["distilled"]["exact_match"], steps=d.student_steps,
-                      seconds=round(sum(r["seconds"] for r in results.values()), 1), examples=count,
-                      unit="arithmetic problems", details=details)
-    summary.write(workdir)
-    return summary
+    return Summary(job="distill", metric="held-out exact match of the distilled student",
+                   value=results["distilled"]["exact_match"], steps=d.student_steps,
+                   seconds=round(sum(r["seconds"] for r in results.values()), 1), examples=count,
+                   unit="arithmetic problems", details=details)

@@ -114,8 +114,6 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
         f"{report['adapter_params']:,} of {report['base_params']:,} params "
         f"({report['trainable_fraction']:.2%}); optimizer state {report['optimizer_bytes'] / 2**20:.2f} MiB "
         f"vs {full_opt_bytes / 2**20:.2f} MiB for full fine-tuning")
-    summary = Summary(job="lora", metric="held-out exact match after LoRA", value=lora_acc,
-                      steps=c.train.steps + f.steps, seconds=round(pre_seconds + full_seconds + lora_seconds, 1),
-                      examples=count, unit="shifted problems", details=details)
-    summary.write(workdir)
-    return summary
+    return Summary(job="lora", metric="held-out exact match after LoRA", value=lora_acc,
+                   steps=c.train.steps + f.steps, seconds=round(pre_seconds + full_seconds + lora_seconds, 1),
+                   examples=count, unit="shifted problems", details=details)

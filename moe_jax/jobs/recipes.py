@@ -97,6 +97,8 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 100
     c.optimizer.total_steps = -1  # follow train.steps
     c.optimizer.weight_decay = 0.01
+    c.optimizer.schedule = "cosine"  # or "wsd": warmup, the peak held, a cosine over the last
+    c.optimizer.decay_fraction = 0.2  # (wsd) fraction of the steps
 
     # Where it runs: sizes of the data, fsdp, expert and tensor axes, -1 for the rest of the
     # devices (default: every visible device on fsdp; one device is a plain run).

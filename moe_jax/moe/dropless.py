@@ -7,16 +7,16 @@ assignments, R rows of the expert-sorted buffer (N plus padding), T rows per til
 1. `sort_by_expert` (integers only, no gradient): the row of every assignment in the
    expert-sorted buffer. For the CPU path every expert's block is padded to a multiple
    of `align` rows, so a tile never spans two experts.
-2. The grouped SwiGLU, picked at trace time by `jax.default_backend()`:
-   - GPU/TPU, "ragged_dot": `permute` x into the sorted buffer [N, D], run
-     `grouped_matmul.ragged_swiglu`, `combine` back; both permutations have gather-only
-     backwards (permutation.py).
+2. The grouped SwiGLU, picked at trace time by backend (`ragged_kernels`):
+   - GPU/TPU, "tokamax" (its Pallas kernels, when installed) or "ragged_dot": `permute`
+     x into the sorted buffer [N, D], run `grouped_matmul.ragged_swiglu`, `combine`
+     back; both permutations have gather-only backwards (permutation.py).
    - CPU, "tiled": `grouped_matmul.tiled_moe`, which fuses the gather, the expert MLP
      and the weighted combine into one loop over expert tiles, with a hand-written
      backward of the same shape (ragged_dot on CPU is a masked dense product doing E
-     times the work). fwd+bwd runs at 1.3-1.5x a dense SwiGLU of the same active FLOPs
-     (benchmarks/RESULTS.md).
-   `implementation=` forces one; the tests use it to check that both equal `reference`.
+     times the work). Figures against a dense SwiGLU of the same active FLOPs, per
+     core count: benchmarks/RESULTS.md.
+   `implementation=` forces one; the tests use it to check that each equals `reference`.
 
 Like every engine, this assumes a token picks each expert at most once (the routers'
 top-k guarantees it).
@@ -29,7 +29,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moe_jax.moe import grouped_matmul
+from moe_jax.moe import grouped_matmul, ragged_kernels
 from moe_jax.moe.permutation import combine, permute
 from moe_jax.layers.fp8 import quantize_weight_ste
 
@@ -139,7 +139,7 @@ def row_weights(combine_weights, layout: SortedLayout):
 
 
 def default_implementation() -> str:
-    return "tiled" if jax.default_backend() == "cpu" else "ragged_dot"
+    return ragged_kernels.default_implementation()
 
 
 def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
@@ -150,20 +150,21 @@ def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
     x: [S, D]; expert_index: [S, K] int; combine_weights: [S, K]; experts: ExpertWeights,
     gate and up [E, D, F], down [E, F, D] -> (y [S, D] in x.dtype, num_dropped = 0).
     `capacity_factor` is ignored: every expert takes all its tokens.
-    implementation: "tiled" (CPU), "ragged_dot" (GPU/TPU), or None for the backend's own.
+    implementation: "tiled" (CPU), "tokamax" or "ragged_dot" (GPU/TPU; `ragged_kernels`),
+    or None for the backend's own.
     max_tile, align: CPU tiling, max_tile a multiple of align; None: `cpu_tiling`.
-    fp8: the expert GEMMs in FP8 (moe_jax.quant.fp8).
+    fp8: the expert GEMMs in FP8 (moe_jax.layers.fp8).
     """
     del capacity_factor
-    implementation = implementation or default_implementation()
+    implementation = ragged_kernels.check_implementation(implementation or default_implementation())
     num_experts = experts.gate.shape[0]
-    if implementation == "ragged_dot":
+    if implementation != "tiled":
         layout = sort_by_expert(expert_index, num_experts)
         xs = permute(x, layout.row_token, layout.assignment_row)  # [N, D]
         out = grouped_matmul.ragged_swiglu(xs, layout.group_sizes, experts.gate, experts.up, experts.down,
-                                           fp8=fp8)
+                                           fp8=fp8, implementation=implementation)
         y = combine(out, combine_weights, layout.assignment_row, layout.row_token, layout.row_assignment)
-    elif implementation == "tiled":
+    else:
         default_max_tile, default_align = cpu_tiling(expert_index.size, num_experts)
         max_tile = max_tile or default_max_tile
         align = align or default_align
@@ -176,6 +177,4 @@ def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
         y = grouped_matmul.tiled_moe(
             x, row_weights(combine_weights, layout), layout.row_token, layout.block_start,
             layout.block_rows, weights.gate, weights.up, weights.down, max_tile, align, fp8)
-    else:
-        raise ValueError(f"implementation={implementation!r}: expected 'tiled' or 'ragged_dot'")
     return y.astype(x.dtype), jnp.zeros((), jnp.int32)

@@ -6,14 +6,9 @@ T rows per tile. Rows are sorted by expert: expert e owns a contiguous block of 
 
 Two implementations computing the same numbers:
 
-- `ragged_swiglu` (GPU/TPU): `jax.lax.ragged_dot` on an unpadded buffer described by
-  `group_sizes [E]`; autodiff gives the grouped transposes. On TPU XLA lowers it to a
-  grouped matmul. On CPU it is a masked dense product over all E experts (measured
-  ~100x the dense MLP at the benchmark shape), so there it only runs in tests. On
-  NVIDIA GPUs a grouped lowering needs XLA's cuDNN ragged-dot fusion
-  (--xla_gpu_experimental_use_ragged_dot_fusion, openxla/xla#40189); without it jaxlib
-  0.10 materialises the dense product too (marin-community/marin#7012): measure it on
-  the GPU at hand before relying on it.
+- `ragged_swiglu` (GPU/TPU): three grouped matmuls on an unpadded buffer described by
+  `group_sizes [E]`, each a tokamax Pallas kernel or `jax.lax.ragged_dot`
+  (`ragged_kernels` says which and why); autodiff gives the grouped transposes.
 
 - `tiled_moe` (CPU): gather, expert MLP and weighted combine fused in one loop, with a
   hand-written backward (`jax.custom_vjp`) of the same shape. See its docstring.
@@ -28,30 +23,34 @@ import jax.numpy as jnp
 from jax import lax
 
 from moe_jax.layers import fp8 as fp8_quant
+from moe_jax.moe import ragged_kernels
 
 
 # ----------------------------------------------------------------------------------------
-# Accelerators: ragged_dot.
+# Accelerators: ragged dots.
 # ----------------------------------------------------------------------------------------
 
 
-def ragged_swiglu(xs, group_sizes, gate, up, down, fp8: bool = False):
+def ragged_swiglu(xs, group_sizes, gate, up, down, fp8: bool = False, implementation: str = "ragged_dot"):
     """xs: [R, D] sorted by expert; group_sizes: [E] (sum <= R); gate, up: [E, D, F];
     down: [E, F, D] -> [R, D]. Rows past sum(group_sizes) come out as zeros.
 
+    implementation: "tokamax" or "ragged_dot" (`ragged_kernels`).
     fp8: the forward GEMM inputs rounded as moe_jax.layers.fp8 rounds them (weights in
-    128 x 128 blocks per expert, rows in 1 x 128 tiles); the backward is ragged_dot's own
-    transpose in high precision, with the rounding passed straight through.
+    128 x 128 blocks per expert, rows in 1 x 128 tiles); the backward is the ragged dot's
+    own transpose in high precision, with the rounding passed straight through.
     """
     if fp8:
         gate, up, down = (fp8_quant.quantize_weight_ste(w) for w in (gate, up, down))
         xs = fp8_quant.quantize_ste(xs, fp8_quant.ACTIVATION_TILE)
-    g = lax.ragged_dot(xs, gate, group_sizes)  # [R, F]
-    u = lax.ragged_dot(xs, up, group_sizes)  # [R, F]
+    dot = functools.partial(ragged_kernels.ragged_dot, group_sizes=group_sizes,
+                            implementation=implementation)
+    g = dot(xs, gate)  # [R, F]
+    u = dot(xs, up)  # [R, F]
     h = jax.nn.silu(g) * u
     if fp8:
         h = fp8_quant.quantize_ste(h, fp8_quant.ACTIVATION_TILE)
-    return lax.ragged_dot(h, down, group_sizes)  # [R, D]
+    return dot(h, down)  # [R, D]
 
 
 # ----------------------------------------------------------------------------------------
@@ -159,7 +158,7 @@ def _rest_tile(rest, max_tile, align, tile_fn, zeros, *operands):
     """Run `tile_fn(size, *operands)` on the first `rest` rows of [max_tile]-row operands,
     with `rest` a traced multiple of `align` in [0, max_tile): a `lax.switch` over the
     static sizes 0, align, ..., max_tile - align. Row outputs come back padded with zeros
-    to max_tile rows.
+    to max_tile rows; `zeros` (jax.ShapeDtypeStructs) is what size 0 returns.
 
     The switch sees only tile-sized operands and results: XLA:CPU copies every buffer
     carried through a conditional with more than two branches, so the big buffers are
@@ -172,7 +171,13 @@ def _rest_tile(rest, max_tile, align, tile_fn, zeros, *operands):
             return tuple(_pad_rows(r, max_tile) for r in rows), per_tile
         return run
 
-    branches = [lambda *_: zeros] + [branch(k * align) for k in range(1, max_tile // align)]
+    def nothing(*_):
+        # Made inside the branch, the zeros are filled only when it runs; made outside,
+        # they were operands of the switch, filled at every loop step (1-core fwd+bwd
+        # 1.5% slower at the benchmark shape, and 11 MB more temporary memory).
+        return jax.tree.map(lambda z: jnp.zeros(z.shape, z.dtype), zeros)
+
+    branches = [nothing] + [branch(k * align) for k in range(1, max_tile // align)]
     return lax.switch(rest // align, branches, *operands)
 
 
@@ -249,8 +254,8 @@ def _tiled_forward(x, row_weight, row_token, block_start, block_rows, gate, up, 
     num_tokens, d_model = x.shape
     num_rows, ffn = row_token.shape[0], gate.shape[-1]
     row_token, row_weight = _with_slack(row_token, row_weight, num_tokens, max_tile)
-    rest_zeros = ((jnp.zeros((max_tile, d_model), jnp.float32),)
-                  + ((jnp.zeros((max_tile, 2 * ffn), x.dtype),) if keep_pre else ()), ())
+    rest_zeros = ((jax.ShapeDtypeStruct((max_tile, d_model), jnp.float32),)
+                  + ((jax.ShapeDtypeStruct((max_tile, 2 * ffn), x.dtype),) if keep_pre else ()), ())
 
     def tile_forward(token, weight, w_gate_up, w_down):
         out, gu = _tile_forward(x, token, weight, w_gate_up, w_down, fp8)
@@ -308,8 +313,8 @@ def _tiled_bwd(max_tile, align, fp8, residuals, dy):
     # XLA would otherwise sink the broadcast into the loop and rebuild [S, D] per expert.
     dy = lax.optimization_barrier(dy.astype(acc))
     row_token, row_weight = _with_slack(row_token, row_weight, num_tokens, max_tile)
-    rest_zeros = ((jnp.zeros((max_tile, d_model), acc), jnp.zeros((max_tile,), acc)),
-                  (jnp.zeros((d_model, 2 * ffn), acc), jnp.zeros((ffn, d_model), acc)))
+    rest_zeros = ((jax.ShapeDtypeStruct((max_tile, d_model), acc), jax.ShapeDtypeStruct((max_tile,), acc)),
+                  (jax.ShapeDtypeStruct((d_model, 2 * ffn), acc), jax.ShapeDtypeStruct((ffn, d_model), acc)))
 
     def expert_step(carry, start, rows, w_gate_up, w_down):
         def tile_rows(row):

@@ -1,30 +1,33 @@
-"""Writing PNG figures from scripts, servers and CI, where there is no display.
+"""Writing PNG figures from scripts, servers, CI and notebooks alike.
 
     fig, ax = new_axes()
     ax.plot(...)
     save(fig, "curve.png")
 
+Figures are matplotlib `Figure` objects made directly, never through pyplot: no backend
+is chosen or switched and no global figure list grows, so a script without a display
+works, and a notebook keeps its inline backend (`display(fig)` shows one there).
 matplotlib is imported on first use, so modules that only might plot do not pay for it.
 """
 
 from __future__ import annotations
 
 
+def new_figure(figsize=(6, 4)):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def new_axes(figsize=(6, 4)):
-    """-> (figure, axes) on the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=figsize)
+    """-> (figure, axes)."""
+    fig = new_figure(figsize)
+    return fig, fig.add_subplot()
 
 
-def save(fig, path: str, dpi: int = 120) -> str:
-    """Write `fig` to `path` and release it (figures left open pile up in sweeps)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
+def save(fig, path: str, dpi: int = 120, tight: bool = True) -> str:
+    """Write `fig` to `path` (PNG by its extension)."""
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path

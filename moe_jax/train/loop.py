@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import grain
 import jax
@@ -31,7 +32,7 @@ from moe_jax.models.transformer import Transformer
 from moe_jax.train.dp_step import dp_optimizer, make_dp_train_step
 from moe_jax.train.evaluate import exact_match
 from moe_jax.train.losses import LossWeights
-from moe_jax.train.optimizer import make_optimizer
+from moe_jax.train.optimizer import make_optimizer, validate_optimizer_config
 from moe_jax.train.placement import Placement
 from moe_jax.train.privacy import check_dp_config, privacy_settings
 from moe_jax.train.run_config import check_and_record
@@ -59,6 +60,7 @@ def validate_training_config(config: ml_collections.ConfigDict, process_count: i
     if threads is not None and (not isinstance(threads, int) or threads < 0):
         raise ConfigError("data.read_threads", threads, "a non-negative integer, or None for grain's default")
     get_task(d.task)  # unknown task names fail here, naming the choices
+    validate_optimizer_config(config.optimizer)
     check_dp_config(config)
 
 
@@ -155,7 +157,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     if tokenizer.vocab_size > m.vocab_size:
         raise ConfigError("model.vocab_size", m.vocab_size,
                           f"at least the tokenizer's vocabulary size {tokenizer.vocab_size}")
+    began = time.time()
     train_source, test_source = load_data(config, workdir)
+    log(f"data: {config.data.task}, {len(train_source):,} training and {len(test_source):,} held-out "
+        f"problems ({time.time() - began:.0f}s)")
     # Each process reads its own rows; together they form the global batch.
     dataset = train_dataset(train_source, tokenizer, global_batch_size=t.batch_size,
                             seq_len=config.data.seq_len, seed=t.seed, packing=config.data.packing,
@@ -203,6 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
             accuracy, count, _ = evaluate(config.eval.num_examples, state)
             return {"exact_match": accuracy, "examples": count}
 
+        log(f"training: steps {int(state.step)} to {t.steps} of {t.batch_size} x {config.data.seq_len} "
+            f"tokens (the first step compiles)")
         state = trainer.run(
             state, data_iter=data_iter,
             next_batch=lambda i, s: placement.shard_batch(next(data_iter), process_local=True),
@@ -210,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     finally:
         data_iter.close()
 
+    log(f"evaluating: greedy answers to {config.eval.final_num_examples} held-out problems")
     accuracy, count, samples = evaluate(config.eval.final_num_examples, state)
     for prompt, response, ok in samples:
         log(f"  {prompt}{response}   {'ok' if ok else 'WRONG'}")

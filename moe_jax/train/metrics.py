@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
+
+from moe_jax.train.console import terminal_err, terminal_out
 
 
 def _plain(value):
@@ -87,8 +88,9 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
+            stream = terminal_err()  # the terminal, also when library output goes to a log
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                            mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+                            mininterval=1.0 if stream.isatty() else 30.0, file=stream)
 
     def tokens_per_second(self, step: int) -> float:
         elapsed = max(time.time() - self.start_time, 1e-9)
@@ -104,9 +106,9 @@ class Progress:
 
     def write(self, message: str):
         if self.bar is not None:
-            self.bar.write(message)
+            self.bar.write(message, file=self.bar.fp)  # above the bar, on the bar's own stream
         else:
-            print(message, flush=True)
+            print(message, file=terminal_out(), flush=True)
 
     def close(self):
         if self.bar is not None:

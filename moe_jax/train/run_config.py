@@ -68,6 +68,11 @@ def flatten(config, prefix: str = "") -> dict:
     return out
 
 
+# Fields added to configs after runs were recorded without them, with the value that an
+# absent field always meant: a workdir recorded before the field existed continues with it.
+ADDED_FIELDS = {"optimizer.schedule": "cosine", "optimizer.decay_fraction": 0.2}
+
+
 def is_safe(name: str) -> bool:
     return any(name == s or (s.endswith(".") and name.startswith(s)) for s in SAFE_TO_CHANGE)
 
@@ -87,7 +92,7 @@ def differences(old: dict, new: dict) -> tuple[list, list]:
     unsafe, safe = [], []
     new = {k: v for k, v in new.items() if k not in _added_switched_off(old, new)}
     for name in sorted(set(old) | set(new)):
-        a, b = old.get(name, "<absent>"), new.get(name, "<absent>")
+        a, b = (config.get(name, ADDED_FIELDS.get(name, "<absent>")) for config in (old, new))
         if a != b:
             (safe if is_safe(name) else unsafe).append((name, a, b))
     return unsafe, safe

@@ -69,3 +69,25 @@ def test_config_name_spells_out_every_parameter():
         tfds_builders.make_config("arithmetic", max_numbers=3)
     with pytest.raises(ValueError, match="unknown task"):
         tfds_builders.make_config("sudoku")
+
+
+def test_processes_sharing_a_data_dir_generate_once_and_all_read_it(tmp_path):
+    """The runs of a sweep share one data_dir: started together, one generates while the
+    others wait, and each then reads the finished dataset (a builder made while another
+    process was still writing used to miss it)."""
+    import subprocess
+
+    from helpers import outside_env
+
+    script = ("import sys; from moe_jax.data import tfds_builders as t; "
+              "s = t.load_task_split('arithmetic', 'train', sys.argv[1], num_train=3000, num_test=50); "
+              "print(len(s), s[0]['prompt'].decode())")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=outside_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-1500:] for _, err in outputs]
+    last_lines = {out.splitlines()[-1] for out, _ in outputs}
+    assert len(last_lines) == 1 and last_lines.pop().startswith("3000 ")
+    assert sum("Downloading and preparing" in out for out, _ in outputs) == 1  # generated once
+    (config_dir,) = (tmp_path / "moe_jax_arithmetic").iterdir()
+    assert [p.name for p in config_dir.iterdir()] == ["1.0.0"]  # one copy, no leftover temporary

@@ -29,9 +29,10 @@ def one_device(tmp_path_factory):
 def test_pipeline_runs_every_phase_and_resumes(one_device):
     work, stdout = one_device
     assert "MetaRM@2" in stdout.splitlines()[-1]  # the largest k of the smoke run
-    summary = json.load(open(work / "summary.json"))
+    summary = json.load(open(work / "summary.json"))  # the job's Summary, its loop's figures in details
+    assert summary["job"] == "grm_spct" and summary["wall_seconds"] > 0
     for key in ("exact_match", "eval_examples", "task", "step", "train_seconds"):
-        assert key in summary, key
+        assert key in summary["details"], key
     results = json.load(open(work / "results.json"))
     for stage in ("rft", "rft_rl"):
         table = results[stage]

@@ -1,6 +1,9 @@
-"""Dropless dispatch equals the reference loop over experts: outputs and every gradient."""
+"""Dropless dispatch equals the reference loop over experts: outputs and every gradient.
+The last section checks which grouped-matmul kernel the engine picks (ragged_kernels)."""
 
 import functools
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +12,7 @@ import pytest
 
 from helpers import random_experts
 
-from moe_jax.moe import dispatch, dropless
+from moe_jax.moe import dispatch, dropless, ragged_kernels
 
 # S = 37 tokens: not a multiple of any tile, so every expert's block ends in padding.
 NUM_TOKENS, D_MODEL, NUM_EXPERTS, FFN = 37, 16, 8, 12
@@ -159,3 +162,104 @@ def test_max_tile_must_be_a_multiple_of_align():
     x, index, weights, experts, _ = make_problem("random", 2)
     with pytest.raises(ValueError, match="multiple"):
         dropless.dropless(x, index, weights, experts, max_tile=6, align=4)
+
+
+# ----------------------------------------------------------------------------------------
+# Kernel choice (ragged_kernels). The accelerator kernels cannot run here, so a stand-in
+# `tokamax` module records every call and computes it with jax.lax.ragged_dot: the engine
+# must reach it on GPU/TPU, pass it the sorted buffer, the stacked weights and the group
+# sizes, and still equal the reference loop, gradients included.
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recording_tokamax(monkeypatch):
+    """A `tokamax` module whose ragged_dot records (lhs shape, rhs shape, group sizes,
+    preferred_element_type) and returns jax.lax.ragged_dot's result."""
+    calls = []
+
+    def ragged_dot(lhs, rhs, group_sizes, preferred_element_type=None, **kwargs):
+        assert not kwargs, f"unexpected arguments {sorted(kwargs)}"
+        calls.append((lhs.shape, rhs.shape, group_sizes, preferred_element_type))
+        return jax.lax.ragged_dot(lhs, rhs, group_sizes, preferred_element_type=preferred_element_type)
+
+    module = types.ModuleType("tokamax")
+    module.ragged_dot = ragged_dot
+    monkeypatch.setitem(sys.modules, "tokamax", module)
+    return calls
+
+
+def absent_tokamax(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokamax", None)  # import_module raises ImportError
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_accelerators_pick_tokamax_when_it_imports(monkeypatch, recording_tokamax, backend):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert dropless.default_implementation() == "tokamax"
+
+
+def test_accelerators_fall_back_to_ragged_dot_without_tokamax(monkeypatch):
+    absent_tokamax(monkeypatch)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert ragged_kernels.tokamax_module() is None
+    assert dropless.default_implementation() == "ragged_dot"
+
+
+def test_cpu_runs_the_tiled_kernel_even_with_tokamax(monkeypatch, recording_tokamax):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert dropless.default_implementation() == "tiled"
+
+
+def test_bad_implementations_are_named(monkeypatch):
+    x, index, weights, experts, _ = make_problem("random", 2)
+    with pytest.raises(ValueError, match="'megablocks'.*expected one of"):
+        dropless.dropless(x, index, weights, experts, implementation="megablocks")
+    absent_tokamax(monkeypatch)
+    with pytest.raises(ValueError, match="needs the tokamax package"):
+        dropless.dropless(x, index, weights, experts, implementation="tokamax")
+
+
+def test_default_engine_on_gpu_hands_tokamax_the_sorted_buffer(monkeypatch, recording_tokamax):
+    # The engine as a model calls it, no implementation named, on a GPU backend.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    routing, top_k = "all_to_one", 2
+    x, index, weights, experts, cotangent = make_problem(routing, top_k)
+    y_ref, _, grads_ref = reference_results(routing, top_k)
+    # A wrapper of its own: a jitted dropless.dropless traced earlier on CPU would be reused.
+    engine = lambda *a, **k: dropless.dropless(*a, **k)  # noqa: E731
+    y, num_dropped, grads = value_and_grads(engine, x, index, weights, experts, cotangent)
+    assert int(num_dropped) == 0
+    assert_close_tree(y, y_ref, 1e-5)
+    assert_close_tree(grads, grads_ref, 1e-5)
+
+    # Forward: gate and up on the sorted buffer [N, D] with [E, D, F], then down on
+    # [N, F] with [E, F, D]; N = S K = 74 rows, every one in some group. (The backward
+    # differentiates the stand-in, so it adds no calls of its own.)
+    num_experts, d_model, ffn = experts.down.shape[0], experts.down.shape[2], experts.down.shape[1]
+    n = NUM_TOKENS * top_k
+    shapes = [(lhs, rhs) for lhs, rhs, _, _ in recording_tokamax]
+    assert shapes == [((n, d_model), (num_experts, d_model, ffn))] * 2 + [((n, ffn), (num_experts, ffn, d_model))]
+    for _, _, group_sizes, out_dtype in recording_tokamax:
+        assert group_sizes.shape == (num_experts,) and group_sizes.dtype == jnp.int32
+        assert out_dtype == jnp.float32
+
+
+def test_tokamax_group_sizes_count_each_experts_rows(monkeypatch, recording_tokamax):
+    # Outside jit the recorded group sizes are values: expert e's count of assignments.
+    x, index, weights, experts, _ = make_problem("half_empty", 2)
+    dropless.dropless(x, index, weights, experts, implementation="tokamax")
+    expected = np.bincount(np.asarray(index).ravel(), minlength=experts.gate.shape[0])
+    for _, _, group_sizes, _ in recording_tokamax:
+        np.testing.assert_array_equal(group_sizes, expected)
+    assert expected[4:].sum() == 0  # the routing left experts 4..7 empty
+
+
+def test_real_tokamax_equals_reference_where_installed():
+    # tokamax needs jax >= 0.11.1; on CPU it runs its XLA fallback, which must agree.
+    pytest.importorskip("tokamax")
+    y_ref, _, grads_ref = reference_results("random", 2)
+    engine = lambda *a, **k: dropless.dropless(*a, implementation="tokamax", **k)  # noqa: E731
+    y, _, grads = value_and_grads(engine, *make_problem("random", 2))
+    assert_close_tree(y, y_ref, 1e-5)
+    assert_close_tree(grads, grads_ref, 1e-5)

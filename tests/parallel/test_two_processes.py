@@ -11,17 +11,13 @@ import time
 
 import pytest
 
-from helpers import REPO, outside_env
+from helpers import MICRO_MODEL, MICRO_RUN, REPO, outside_env
 from moe_jax.train.metrics import read_metrics
 
-MICRO = [
-    "model.d_model=32", "model.num_layers=2", "model.dense_ffn=64", "model.num_heads=2",
-    "model.kv_lora_rank=16", "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=8",
-    "model.v_head_dim=8", "model.expert_ffn=16", "data.seq_len=64", "train.batch_size=8",
-    "data.num_train=400", "data.num_test=40", "eval.final_num_examples=8", "eval.batch_size=8",
-    "eval.max_new_tokens=4", "eval.every=0", "train.log_every=1", "train.checkpoint_every=4",
-    "train.progress_bar=False", "eval.show=0", "train.steps=16", "train.async_checkpoint=False",
-    "mesh.data=2", "mesh.fsdp=1", "mesh.expert=4", "mesh.tensor=1",
+MICRO = MICRO_MODEL + MICRO_RUN + [
+    "train.batch_size=8", "eval.max_new_tokens=4", "train.log_every=1",
+    "train.checkpoint_every=4", "train.steps=16", "train.async_checkpoint=False", "mesh.data=2",
+    "mesh.fsdp=1", "mesh.expert=4", "mesh.tensor=1",
 ]
 HEARTBEAT_S = 10
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, outside_env
+from helpers import MICRO_MODEL, MICRO_RUN, REPO, outside_env
 from moe_jax.config import load_config
 from moe_jax.models.config import ConfigError
 from moe_jax.jobs import grpo as grpo_job
@@ -17,12 +17,8 @@ from moe_jax.rl import loop
 from moe_jax.train.loader import load_model
 from moe_jax.train.metrics import read_metrics
 
-MICRO = [
-    "model.d_model=32", "model.num_layers=2", "model.dense_ffn=64", "model.num_heads=2",
-    "model.kv_lora_rank=16", "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=8",
-    "model.v_head_dim=8", "model.expert_ffn=16", "data.seq_len=64", "data.num_train=400",
-    "data.num_test=40", "eval.final_num_examples=8", "eval.batch_size=8", "eval.max_new_tokens=8",
-    "eval.every=0", "eval.show=0", "train.progress_bar=False", "mesh.fsdp=1",
+MICRO = MICRO_MODEL + MICRO_RUN + [
+    "eval.max_new_tokens=8", "mesh.fsdp=1",
 ]
 GRPO = ["train.steps=4", "train.batch_size=2", "rl.group_size=4", "rl.max_new_tokens=8",
         "train.checkpoint_every=2", "rl.num_minibatches=2"]

@@ -15,19 +15,15 @@ import time
 import numpy as np
 import pytest
 
-from helpers import REPO, outside_env
+from helpers import MICRO_MODEL, MICRO_RUN, REPO, outside_env
 from moe_jax.config import load_config
 from moe_jax.train import loop
 from moe_jax.train.metrics import read_metrics
 from moe_jax.train.run_config import ConfigMismatchError
 
-MICRO = [
-    "model.d_model=32", "model.num_layers=2", "model.dense_ffn=64", "model.num_heads=2",
-    "model.kv_lora_rank=16", "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=8",
-    "model.v_head_dim=8", "model.expert_ffn=16", "data.seq_len=64", "train.batch_size=8",
-    "data.num_train=400", "data.num_test=40", "eval.final_num_examples=8", "eval.batch_size=8",
-    "eval.max_new_tokens=4", "eval.every=0", "train.log_every=1", "train.checkpoint_every=3",
-    "train.progress_bar=False", "eval.show=0", "train.async_checkpoint=False",
+MICRO = MICRO_MODEL + MICRO_RUN + [
+    "train.batch_size=8", "eval.max_new_tokens=4", "train.log_every=1",
+    "train.checkpoint_every=3", "train.async_checkpoint=False",
 ]
 LAYOUTS = {"one": (1, 1, 1, 1), "ep4_data2": (2, 1, 4, 1), "fsdp2_ep4": (1, 2, 4, 1), "data8": (8, 1, 1, 1),
            "fsdp8": (1, 8, 1, 1)}
@@ -154,4 +150,4 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_matches(one_device, tmp_pa
     assert sorted(resumed) == sorted(expected)
     np.testing.assert_allclose([resumed[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
                                rtol=1e-6)
-    assert json.load(open(stopped / "summary.json"))["step"] == 12
+    assert json.load(open(stopped / "summary.json"))["steps"] == 12

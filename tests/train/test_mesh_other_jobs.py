@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import lm_batch, tiny_model_config
+from helpers import MICRO_MODEL, MICRO_RUN, lm_batch, tiny_model_config
 from moe_jax.config import load_config
 from moe_jax.distill.schedule import temperature_schedule
 from moe_jax.distill.step import make_distill_train_step
@@ -106,12 +106,8 @@ def test_lora_step_on_8_devices():
     assert_close(first_losses(run))
 
 
-MICRO = [
-    "model.d_model=32", "model.num_layers=2", "model.dense_ffn=64", "model.num_heads=2",
-    "model.kv_lora_rank=16", "model.qk_nope_head_dim=8", "model.qk_rope_head_dim=8",
-    "model.v_head_dim=8", "model.expert_ffn=16", "data.seq_len=64", "data.num_train=400",
-    "data.num_test=40", "eval.final_num_examples=8", "eval.batch_size=8", "eval.max_new_tokens=8",
-    "eval.every=0", "eval.show=0", "train.progress_bar=False",
+MICRO = MICRO_MODEL + MICRO_RUN + [
+    "eval.max_new_tokens=8",
 ]
 
 

@@ -1,0 +1,66 @@
+"""What a person watching a run reads, and where everything else goes.
+
+    console = Console.start("runs/arith/log.txt")
+    console.say("data: ...")          # the terminal (and the log)
+    terminal_err()                    # the stream the progress bar draws on
+
+A run's terminal should say one line per phase, show the progress bar, a few sample
+answers and the final line. Libraries say much more: TFDS's long configuration
+warnings, absl and orbax messages, XLA's C++ logging, and tracebacks printed by
+background threads (orbax's async checkpointing reports "Event loop is closed" from its
+own threads). Those write to the process's stdout and stderr, at the Python level or
+straight to file descriptors 1 and 2 from C++, so `start` points both descriptors at
+the log file and keeps duplicates of the terminal for the run's own messages. Nothing
+restores them: background threads still print while the interpreter shuts down, and
+that belongs in the log too.
+
+Without `start` (a notebook, a test, a library caller) messages go to sys.stdout and
+the progress bar to sys.stderr as usual.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_active: "Console | None" = None
+
+
+def terminal_out():
+    return _active.out if _active is not None else sys.stdout
+
+
+def terminal_err():
+    return _active.err if _active is not None else sys.stderr
+
+
+class Console:
+    def __init__(self, log_path: str, out, err, log_file):
+        self.log_path, self.out, self.err, self.log_file = log_path, out, err, log_file
+
+    @classmethod
+    def start(cls, log_path: str) -> "Console":
+        """Send file descriptors 1 and 2 (and so sys.stdout, sys.stderr, C++ logging and
+        every thread's tracebacks) to `log_path`, appended; keep the terminal for `say`."""
+        global _active
+        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        out = os.fdopen(os.dup(1), "w", buffering=1)
+        err = os.fdopen(os.dup(2), "w", buffering=1)
+        log_file = open(log_path, "a", buffering=1)
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        _active = cls(log_path, out, err, log_file)
+        return _active
+
+    def say(self, message: str) -> None:
+        """One message for the person watching: on the terminal, and in the log in order
+        with the libraries' messages."""
+        print(message, file=self.out, flush=True)
+        sys.stdout.flush()
+        print(message, file=self.log_file, flush=True)
+
+    def error(self, message: str) -> None:
+        print(message, file=self.err, flush=True)
+        print(message, file=self.log_file, flush=True)
