@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from helpers import lm_batch, tiny_char_model
+from moe_jax.analysis.membership import membership_attack
 from moe_jax.config import load_config
 from moe_jax.models.transformer import Transformer
 from moe_jax.train import loop
@@ -132,7 +133,7 @@ def dp_run(workdir, steps, fsdp):
     return config, loop.train_and_evaluate(config, str(workdir), log=lambda *_: None)
 
 
-@pytest.mark.slow  # ~60 s: three short DP runs (two meshes, one resumed)
+@pytest.mark.slow  # ~2.5 min on 2 busy cores: three short DP runs (two meshes, one resumed), an attack
 def test_a_dp_run_on_a_mesh_resumed_matches_one_device_and_logs_its_epsilon(tmp_path):
     config, one = dp_run(tmp_path / "one", 4, 1)
     dp_run(tmp_path / "mesh", 2, 4)  # stopped after 2 steps ...
@@ -145,3 +146,9 @@ def test_a_dp_run_on_a_mesh_resumed_matches_one_device_and_logs_its_epsilon(tmp_
         assert one_metrics[step]["dp/epsilon"] == pytest.approx(epsilon(q, 1.0, step, 1e-5))
     assert one["dp"]["epsilon"] == pytest.approx(epsilon(q, 1.0, 4, 1e-5)) and one["dp"]["noise_multiplier"] == 1.0
     assert mesh["mesh"]["fsdp"] == 4 and mesh["dp"] == one["dp"]
+    # The membership attack reads the finished run: its losses are mean response-token
+    # cross-entropies of the 16 training and 16 held-out problems (a character model
+    # barely trained: near log of the vocabulary, well above 0).
+    attack = membership_attack(config, str(tmp_path / "one"), num_examples=16, log=lambda *_: None)
+    assert attack["examples"] == 16 and 0.0 <= attack["auc"] <= 1.0
+    assert 0.5 < attack["member_loss"] < 10 and 0.5 < attack["nonmember_loss"] < 10
