@@ -4,6 +4,8 @@ from setuptools import find_packages, setup
 
 # `moe-jax serve` (HTTP server, metrics) and `moe-jax export` (jax.export serialization).
 SERVE = ["starlette>=0.37", "uvicorn>=0.29", "prometheus-client>=0.20", "flatbuffers>=24.3"]
+# DP-SGD's privacy accountant (Google's RDP and PLD accountants): `dp.enabled` runs.
+PRIVACY = ["dp-accounting>=0.6"]
 
 setup(
     name="moe_jax",
@@ -29,8 +31,9 @@ setup(
     extras_require={
         "test": ["pytest>=8.0", "pytest-timeout>=2.3", "nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8",
                  # the serve / export tests: the server's own packages, a real OpenAI client
-                 *SERVE, "openai>=1.40", "httpx>=0.27"],
+                 *SERVE, "openai>=1.40", "httpx>=0.27", *PRIVACY],
         "serve": SERVE,
+        "privacy": PRIVACY,
         "interop": ["torch==2.13.0", "transformers>=5.15", "safetensors>=0.4"],
         "notebooks": ["matplotlib>=3.8", "jupyter>=1.0"],
         # GPU/TPU grouped-matmul kernels for the dropless engine (moe_jax.moe.ragged_kernels);

@@ -11,6 +11,7 @@
     moe-jax sweep EXPERIMENT.py:variant --root DIR [--seeds N] [--parallel P] [--dry-run]
     moe-jax report DIR
     moe-jax compare WORKDIR [WORKDIR ...] [--out compare.png]
+    moe-jax watermark detect --key K [--gamma 0.25 --context 1] TEXT_OR_FILE
 
 Every subcommand that takes --config also takes overrides of its fields as
 `--config.model.num_experts=16`, as `python -m moe_jax.main` does (`--override
@@ -35,10 +36,11 @@ from moe_jax.cli.report import add_report_command
 from moe_jax.cli.sample import add_sample_command
 from moe_jax.cli.serve import add_serve_command
 from moe_jax.cli.sweep import add_sweep_command
+from moe_jax.cli.watermark import add_watermark_command
 
 COMMANDS = (add_params_command, add_demo_command, add_plan_command, add_convert_command,
             add_sample_command, add_quantize_command, add_serve_command, add_export_command,
-            add_sweep_command, add_report_command, add_compare_command)
+            add_sweep_command, add_report_command, add_compare_command, add_watermark_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

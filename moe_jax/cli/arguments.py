@@ -19,3 +19,24 @@ def error(command: str, message) -> int:
 
     print(f"moe-jax {command}: error: {message}", file=sys.stderr)
     return 2
+
+
+def add_watermark_arguments(parser) -> None:
+    """--watermark-key K (turns the watermark on) and its gamma, delta and context."""
+    group = parser.add_argument_group("watermark (moe_jax.infer.watermark)")
+    group.add_argument("--watermark-key", type=int, metavar="K",
+                       help="draw with the green-list watermark of this secret integer key")
+    group.add_argument("--watermark-gamma", type=float, default=0.25, help="green share of the vocabulary")
+    group.add_argument("--watermark-delta", type=float, default=2.0, help="bias added to green logits")
+    group.add_argument("--watermark-context", type=int, default=1, help="previous tokens hashed (h)")
+
+
+def watermark_from_args(args):
+    """The Watermark the --watermark-* arguments describe, or None without a key; a bad
+    value raises ConfigError (a ValueError) naming the field."""
+    if args.watermark_key is None:
+        return None
+    from moe_jax.infer.watermark import Watermark
+
+    return Watermark(key=args.watermark_key, gamma=args.watermark_gamma, delta=args.watermark_delta,
+                     context=args.watermark_context)

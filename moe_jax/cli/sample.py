@@ -4,6 +4,7 @@
         [--temperature 0.7 --top-k 0 --top-p 0.95] [--max-new-tokens 64] [--seed 0]
         [--config experiments/pretrain_arith.py:tiny] [--config.model.dispatch=reference]
         [--tokenizer char] [--json] [--speculative]
+        [--watermark-key K --watermark-delta 2 ...]
 
 --checkpoint is anything the one loader reads (moe_jax.train.loader): a training
 workdir (its newest sealed checkpoint; also its `checkpoints/` dir, one `<step>` dir
@@ -13,13 +14,15 @@ workdir that records no config. The prompt is encoded as training does (<bos> + 
 generation stops at <eos>. --speculative drafts each next token with the model's MTP
 module and verifies it in the same forward (a model trained with model.mtp_depth >= 1):
 the same greedy output, samples from the same distribution, fewer forward passes.
+--watermark-key draws with the green-list watermark that `moe-jax watermark detect
+--key K` finds.
 """
 
 from __future__ import annotations
 
 import json
 
-from moe_jax.cli.arguments import add_config_arguments, error
+from moe_jax.cli.arguments import add_config_arguments, add_watermark_arguments, error, watermark_from_args
 
 
 def load_for_sampling(args):
@@ -52,6 +55,7 @@ def _sample(args) -> int:
     from moe_jax.train.checkpoint import CorruptCheckpointError
 
     try:
+        watermark = watermark_from_args(args)
         model_config, params, router_bias, tokenizer_name = load_for_sampling(args)
     except (FileNotFoundError, ValueError, CorruptCheckpointError) as e:
         return error("sample", e)
@@ -70,7 +74,7 @@ def _sample(args) -> int:
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
                    vocab_limit=min(tokenizer.vocab_size, model_config.vocab_size),
-                   speculative=args.speculative)
+                   speculative=args.speculative, watermark=watermark)
     tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
     logprobs = np.asarray(out["logprobs"])
     for row, prompt in enumerate(args.prompt):
@@ -103,4 +107,5 @@ def add_sample_command(subparsers) -> None:
     s.add_argument("--json", action="store_true", help="one JSON object per prompt")
     s.add_argument("--speculative", action="store_true",
                    help="draft with the model's MTP module, verify with the model (same output distribution)")
+    add_watermark_arguments(s)
     s.set_defaults(func=_sample)

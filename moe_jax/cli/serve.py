@@ -1,11 +1,14 @@
 """`moe-jax serve`: an OpenAI-compatible completions server for a model.
 
     moe-jax serve --checkpoint WORKDIR [--config experiments/pretrain_arith.py:tiny] \
-        [--quantized] [--host 127.0.0.1 --port 8000] [--max-batch 8] [--context N]
+        [--quantized] [--host 127.0.0.1 --port 8000] [--max-batch 8] [--context N] \
+        [--watermark-key K --watermark-delta 2 --watermark-gamma 0.25 --watermark-context 1]
 
 --checkpoint is anything `moe-jax sample` reads (a training workdir, a model directory,
 a quantised export); --config only for a workdir that records no config. --quantized
 serves the weights rounded through int8 (what `moe-jax quantize --bits 8` writes).
+--watermark-key draws every completion with the green-list watermark of that secret key
+(`moe-jax watermark detect` finds it).
 --max-batch is the number of decode slots; --context the tokens (prompt + completion) a
 slot holds (default: model.max_seq_len; a decode step's cost grows with it). The server
 prints one line with its URL once the model is compiled and it listens; then, e.g.:
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from moe_jax.cli.arguments import add_config_arguments, error
+from moe_jax.cli.arguments import add_config_arguments, add_watermark_arguments, error, watermark_from_args
 
 INT8_GROUP = 128  # as `moe-jax quantize` writes int8
 
@@ -53,11 +56,12 @@ def _serve(args) -> int:
     from moe_jax.train.checkpoint import CorruptCheckpointError
 
     try:
+        watermark = watermark_from_args(args)
         model_config, params, router_bias, tokenizer = load_served(args, args.quantized)
         served = serve_model(model_config, params, router_bias, get_tokenizer(tokenizer),
                              num_slots=args.max_batch, context=args.context,
                              model_name=args.model_name or os.path.basename(
-                                 os.path.normpath(args.checkpoint)))
+                                 os.path.normpath(args.checkpoint)), watermark=watermark)
         sock = bind(args.host, args.port)
     except (FileNotFoundError, ValueError, OSError, CorruptCheckpointError) as e:
         return error("serve", e)
@@ -82,4 +86,5 @@ def add_serve_command(subparsers) -> None:
     s.add_argument("--model-name", help="the model id clients name (default: the checkpoint's "
                                         "directory name)")
     s.add_argument("--log-level", default="warning", help="uvicorn's log level")
+    add_watermark_arguments(s)
     s.set_defaults(func=_serve)

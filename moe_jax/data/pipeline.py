@@ -78,7 +78,7 @@ def tokenize_example(record: Mapping[str, Any] | Example, tokenizer: Tokenizer,
     return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask}
 
 
-def _pad_to_row(segment: dict[str, np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+def pad_to_row(segment: dict[str, np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
     """One example per row: the `pad` packing mode."""
     length = len(segment["inputs"])
 
@@ -145,7 +145,7 @@ def train_dataset(source: Sequence[Any], tokenizer: Tokenizer, *, global_batch_s
     ds = ds.map(functools.partial(tokenize_example, tokenizer=tokenizer, seq_len=seq_len))
     it = ds.to_iter_dataset(read_options)
     if packing == "pad":
-        it = it.map(functools.partial(_pad_to_row, seq_len=seq_len, pad_id=tokenizer.pad_id))
+        it = it.map(functools.partial(pad_to_row, seq_len=seq_len, pad_id=tokenizer.pad_id))
     else:
         features = ("inputs", "targets", "loss_mask")
         it = grain.experimental.FirstFitPackIterDataset(

@@ -136,9 +136,16 @@ class MoeJaxCountdown(_SyntheticTaskBuilder, skip_registration=True):
     TASK_NAME = "countdown"
 
 
+class MoeJaxDocstrings(_SyntheticTaskBuilder, skip_registration=True):
+    """Windows of the standard library's docstrings (see `moe_jax.data.tasks.docstrings`)."""
+
+    TASK_NAME = "docstrings"
+
+
 BUILDERS: dict[str, type[_SyntheticTaskBuilder]] = {
     "arithmetic": MoeJaxArithmetic,
     "countdown": MoeJaxCountdown,
+    "docstrings": MoeJaxDocstrings,
 }
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from moe_jax.infer.generate import inference_config
 from moe_jax.infer.slots import TOP_LOGPROBS, SlotSampling, decode_slots, init_slots, prefill_slot
+from moe_jax.infer.watermark import Watermark, context_of
 
 MIN_BUCKET = 16
 _log = logging.getLogger(__name__)
@@ -166,8 +167,11 @@ class Engine:
     """Continuous batching over `num_slots` decode slots of `context` tokens each."""
 
     def __init__(self, model_config, params, router_bias, tokenizer, *, num_slots: int = 8,
-                 context: int | None = None, cache_dtype=None):
+                 context: int | None = None, cache_dtype=None, watermark: Watermark | None = None):
+        """watermark: every request is drawn with its green-list bias (a server-wide
+        setting: the key is the operator's, not the client's)."""
         self.m = inference_config(model_config)
+        self.watermark = watermark
         self.params, self.router_bias = params, router_bias or {}
         self.tokenizer = tokenizer
         # The model's table may be padded past the tokenizer; those ids are never drawn.
@@ -354,22 +358,28 @@ class Engine:
         top_p = np.ones(len(rows), np.float32)
         key = np.zeros((len(rows), 2), np.uint32)
         drawn = np.zeros(len(rows), np.int32)
+        h = 0 if self.watermark is None else self.watermark.context
+        context = np.full((len(rows), h), self.tokenizer.pad_id, np.int32)
         for i, r in enumerate(rows):
             if r is not None:
                 temperature[i], top_p[i] = r.ticket.request.temperature, r.ticket.request.top_p
                 key[i], drawn[i] = r.key, r.generated
-        return SlotSampling(temperature, top_p, key, drawn)
+                if h:  # the tokens fed so far: the prompt, then every drawn one (no <eos>)
+                    context[i] = context_of(r.ticket.request.prompt + tuple(r.ids), h,
+                                            self.tokenizer.pad_id)
+        return SlotSampling(temperature, top_p, key, drawn, context if h else None)
 
     def _prefill(self, slot, prompt, bucket, sampling):
         tokens = np.full((1, bucket), self.tokenizer.pad_id, np.int32)
         tokens[0, :len(prompt)] = prompt
         self._cache, draw = prefill_slot(self.m, self.params, self.router_bias, self._cache,
                                          np.int32(slot), tokens, np.int32(len(prompt)), sampling,
-                                         self.vocab)
+                                         self.vocab, watermark=self.watermark)
         return jax.device_get(draw)
 
     def _decode(self, active):
         sampling = self._sampling_rows(self._running)
         self._cache, draw = decode_slots(self.m, self.params, self.router_bias, self._cache,
-                                         self._next, active, sampling, self.vocab)
+                                         self._next, active, sampling, self.vocab,
+                                         watermark=self.watermark)
         return jax.device_get(draw)

@@ -28,6 +28,7 @@ import numpy as np
 from moe_jax.infer.cache import KVCache, init_cache
 from moe_jax.infer.rows import gather_rows, place_rows, sampling_context
 from moe_jax.infer.sampling import limit_vocab, sample_tokens, token_logprobs
+from moe_jax.infer.watermark import Watermark, initial_context, shift_context
 from moe_jax.models.transformer import forward_with_cache
 
 
@@ -120,7 +121,7 @@ def decode_step(model_config, params, router_bias, cache: KVCache, tokens):
 
 
 GENERATE_STATIC = ("m", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id",
-                   "cache_dtype", "vocab_limit", "record_experts")
+                   "cache_dtype", "vocab_limit", "record_experts", "watermark")
 
 
 def stopped(token, stop_tokens) -> jax.Array:
@@ -140,17 +141,20 @@ def expert_record(prompt_experts, max_new_tokens: int):
 
 @functools.partial(jax.jit, static_argnames=GENERATE_STATIC)
 def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max_new_tokens,
-              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype, vocab_limit, record_experts):
+              temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype, vocab_limit, record_experts,
+              watermark=None):
     batch, prompt_len = prompt_tokens.shape
     cache = init_cache(m, batch, prompt_len + max_new_tokens, cache_dtype)
     logits, cache, details = prefill_details(m, params, router_bias, cache, prompt_tokens, prompt_lengths)
 
-    def choose(step, logits, done):
-        """Sample from logits [B, V]; rows already done get pad_id and log-prob 0."""
+    def choose(step, logits, done, context):
+        """Sample from logits [B, V]; rows already done get pad_id and log-prob 0.
+        context [B, h]: the tokens the watermark hashes (None without one)."""
         logits = limit_vocab(logits, vocab_limit)
-        token = sample_tokens(logits, jax.random.fold_in(rng, step), temperature=temperature,
+        drawn_from = logits if watermark is None else watermark.bias(logits, context)
+        token = sample_tokens(drawn_from, jax.random.fold_in(rng, step), temperature=temperature,
                               top_k=top_k, top_p=top_p)
-        logprob = token_logprobs(logits, token)
+        logprob = token_logprobs(logits, token)  # the model's own, watermark or not
         token = jnp.where(done, pad_id, token)
         logprob = jnp.where(done, 0.0, logprob)
         return token, logprob, done | stopped(token, stop_tokens)
@@ -158,29 +162,31 @@ def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max
     tokens = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
     logprobs = jnp.zeros((batch, max_new_tokens), jnp.float32)
     done = jnp.zeros((batch,), bool)
-    token, logprob, new_done = choose(0, logits[:, -1], done)
+    context = None if watermark is None else initial_context(prompt_tokens, watermark.context, pad_id)
+    token, logprob, new_done = choose(0, logits[:, -1], done, context)
     tokens, logprobs = tokens.at[:, 0].set(token), logprobs.at[:, 0].set(logprob)
     lengths = jnp.ones((batch,), jnp.int32)
     experts = expert_record(details["expert_index"], max_new_tokens) if record_experts else None
 
     def cond(state):
-        step, _, _, _, _, done, _, _ = state
+        step, _, _, _, _, done, _, _, _ = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(state):
-        step, cache, token, tokens, logprobs, done, lengths, experts = state
+        step, cache, token, tokens, logprobs, done, lengths, experts, context = state
         logits, cache, details = _extend_details(m, params, router_bias, cache, token[:, None])
         if record_experts:  # the token fed now is response token step - 1
             experts = jax.lax.dynamic_update_slice(experts, details["expert_index"],
                                                    (0, prompt_len + step - 1, 0, 0))
-        token, logprob, new_done = choose(step, logits[:, 0], done)
+        context = None if context is None else shift_context(context, token)
+        token, logprob, new_done = choose(step, logits[:, 0], done, context)
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
         logprobs = jax.lax.dynamic_update_slice(logprobs, logprob[:, None], (0, step))
         lengths = lengths + (~done).astype(jnp.int32)
-        return step + 1, cache, token, tokens, logprobs, new_done, lengths, experts
+        return step + 1, cache, token, tokens, logprobs, new_done, lengths, experts, context
 
-    state = (jnp.ones((), jnp.int32), cache, token, tokens, logprobs, new_done, lengths, experts)
-    _, _, _, tokens, logprobs, done, lengths, experts = jax.lax.while_loop(cond, body, state)
+    state = (jnp.ones((), jnp.int32), cache, token, tokens, logprobs, new_done, lengths, experts, context)
+    _, _, _, tokens, logprobs, done, lengths, experts, _ = jax.lax.while_loop(cond, body, state)
     out = {"tokens": tokens, "lengths": lengths, "logprobs": logprobs, "finished": done}
     if record_experts:
         out["expert_index"] = experts
@@ -191,7 +197,7 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
              max_new_tokens: int, rng=None, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, stop_tokens=(), pad_id: int = 0, cache_dtype=None,
              vocab_limit: int | None = None, record_experts: bool = False,
-             speculative: bool = False):
+             speculative: bool = False, watermark: Watermark | None = None):
     """Sample up to `max_new_tokens` per left-padded prompt, all in one jit.
 
     Returns a dict:
@@ -211,7 +217,9 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
     routing replay hands to the policy update. speculative: draft each next token with
     the first MTP module and verify it with the main model (moe_jax.infer.speculative):
     greedy tokens as plain decoding's, sampled ones from the same distribution, and two
-    more outputs, "draft_proposed" and "draft_accepted" int32 [B].
+    more outputs, "draft_proposed" and "draft_accepted" int32 [B]. watermark: draw with
+    its green-list bias (moe_jax.infer.watermark; the first draw hashes the prompt's last
+    tokens); the log-probs stay the model's.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -220,8 +228,11 @@ def generate(model_config, params, router_bias, prompt_tokens, prompt_lengths, *
     frozen = _frozen(model_config)
     if record_experts and frozen.num_layers == frozen.num_dense_layers:
         raise ValueError("record_experts: the model has no MoE layer")
-    run = _generate
+    run = functools.partial(_generate, watermark=watermark)
     if speculative:
+        if watermark is not None:
+            # The acceptance rule would have to use the biased distribution on both sides.
+            raise ValueError("speculative decoding with a watermark is not supported: pass one of them")
         # Imported here: the speculative sampler builds on this module's prefill.
         from moe_jax.infer.speculative import check_speculative, speculative_generate
 

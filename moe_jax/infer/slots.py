@@ -24,7 +24,8 @@ Two jitted functions, compiled once per (slot count, context) and once per promp
 `sampling` is a `SlotSampling` of per-row arrays (temperature, top_p, rng key, how many
 tokens the row has drawn): the token of draw i uses fold_in(key, i), as `generate` does
 for its step i, so a request sampled alone with seed s gets what `generate` gets for the
-same prompt and rng. Only ids below `vocab` (the tokenizer's size; the model's table
+same prompt and rng (with a watermark too: `sampling.context` then carries each row's
+last h tokens, which `generate` keeps on the device). Only ids below `vocab` (the tokenizer's size; the model's table
 may be padded past it) are drawn. Both return a `Draw`: token, its log-prob at temperature 1 and the
 TOP_LOGPROBS most likely tokens with theirs.
 """
@@ -39,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from moe_jax.infer.sampling import sample_rows, token_logprobs, top_logprobs
+from moe_jax.infer.watermark import Watermark
 from moe_jax.models.transformer import forward_with_cache, layer_stacks
 
 TOP_LOGPROBS = 5  # the most `logprobs` alternatives a request may ask for (as OpenAI allows)
@@ -67,6 +69,9 @@ class SlotSampling(NamedTuple):
     top_p: jax.Array  # float32
     key: jax.Array  # uint32 [B, 2] raw PRNG keys (jax.random.PRNGKey(seed))
     drawn: jax.Array  # int32: tokens already drawn for the row's request
+    # int32 [B, h]: the row's last h tokens (prompt + drawn), what a watermark hashes;
+    # None without a watermark.
+    context: jax.Array | None = None
 
 
 class Draw(NamedTuple):
@@ -87,23 +92,26 @@ def init_slots(model_config, num_slots: int, context: int, dtype=None) -> SlotCa
     return SlotCache(c_kv=c_kv, k_rope=k_rope, lengths=jnp.zeros((num_slots,), jnp.int32))
 
 
-def _draw(logits, sampling: SlotSampling, vocab: int) -> Draw:
+def _draw(logits, sampling: SlotSampling, vocab: int, watermark: Watermark | None) -> Draw:
     # Ids from `vocab` up pad the embedding table past the tokenizer: never drawn.
     logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab, logits, -jnp.inf)
     keys = jax.vmap(jax.random.fold_in)(sampling.key, sampling.drawn)
-    token = sample_rows(logits, keys, sampling.temperature, sampling.top_p)
+    drawn_from = logits if watermark is None else watermark.bias(logits, sampling.context)
+    token = sample_rows(drawn_from, keys, sampling.temperature, sampling.top_p)
     values, ids = top_logprobs(logits, TOP_LOGPROBS)
     return Draw(token, token_logprobs(logits, token), values, ids)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 8), donate_argnums=3)
+@functools.partial(jax.jit, static_argnums=(0, 8), static_argnames="watermark", donate_argnums=3)
 def prefill_slot(m, params, router_bias, slots: SlotCache, slot, tokens, length,
-                 sampling: SlotSampling, vocab: int):
+                 sampling: SlotSampling, vocab: int, *, watermark: Watermark | None = None):
     """Prefill one prompt into `slot` and draw its first token.
 
     tokens [1, P]: the prompt right-padded to a bucket length P <= S; length: its real
     tokens; sampling: that request's SlotSampling with a row axis of 1. The padding is
-    masked (segment 0), so any bucket gives the same prompt latents. -> (slots, Draw [1]).
+    masked (segment 0), so any bucket gives the same prompt latents. watermark: draw
+    with its bias (sampling.context then holds the prompt's last h tokens).
+    -> (slots, Draw [1]).
     """
     prompt_len = tokens.shape[1]
     index = jnp.arange(prompt_len, dtype=jnp.int32)[None, :]  # [1, P]
@@ -119,12 +127,12 @@ def prefill_slot(m, params, router_bias, slots: SlotCache, slot, tokens, length,
     c_kv = {k: jax.lax.dynamic_update_slice(slots.c_kv[k], v[0], at) for k, v in caches.items()}
     k_rope = {k: jax.lax.dynamic_update_slice(slots.k_rope[k], v[1], at) for k, v in caches.items()}
     slots = SlotCache(c_kv=c_kv, k_rope=k_rope, lengths=slots.lengths.at[slot].set(length))
-    return slots, _draw(last, sampling, vocab)
+    return slots, _draw(last, sampling, vocab, watermark)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7), donate_argnums=3)
+@functools.partial(jax.jit, static_argnums=(0, 7), static_argnames="watermark", donate_argnums=3)
 def decode_slots(m, params, router_bias, slots: SlotCache, tokens, active, sampling: SlotSampling,
-                 vocab: int):
+                 vocab: int, *, watermark: Watermark | None = None):
     """Append tokens [B] to the active rows (bool [B]) and draw each row's next token.
 
     Inactive rows run too (the step has one shape) but their lengths do not move; what
@@ -148,4 +156,4 @@ def decode_slots(m, params, router_bias, slots: SlotCache, tokens, active, sampl
     slots = SlotCache(c_kv={k: settle(v[0]) for k, v in caches.items()},
                       k_rope={k: settle(v[1]) for k, v in caches.items()},
                       lengths=slots.lengths + active.astype(jnp.int32))
-    return slots, _draw(logits[:, 0], sampling, vocab)
+    return slots, _draw(logits[:, 0], sampling, vocab, watermark)

@@ -68,10 +68,14 @@ class GRPOIteration:
                  reward_fn, group_size: int, prompt_len: int, max_new_tokens: int,
                  temperature: float, num_minibatches: int, scale_by_std: bool, ref_params,
                  step_sharding, seed: int, routing_replay: bool = False,
-                 update_router_bias: bool = False, speculative: bool = False):
+                 update_router_bias: bool = False, speculative: bool = False, watermark=None):
         """ref_params: pi_ref of the KL term, on the mesh (None: no reference, beta = 0).
         step_sharding: the sharding of state.step. seed: the sampling rng's.
-        routing_replay, update_router_bias, speculative: the rl fields of those names."""
+        routing_replay, update_router_bias, speculative: the rl fields of those names.
+        watermark: a moe_jax.infer.watermark.Watermark the rollouts are drawn with (None:
+        none); the old log-probs are the policy's own, so the clipped ratio starts at 1
+        either way."""
+        self.watermark = watermark
         self.m, self.grpo, self.placement = model_config, grpo, placement
         self.tokenizer, self.reward_fn = tokenizer, reward_fn
         self.group_size, self.prompt_len, self.max_new_tokens = group_size, prompt_len, max_new_tokens
@@ -98,7 +102,8 @@ class GRPOIteration:
             group_size=self.group_size, prompt_len=self.prompt_len, max_new_tokens=self.max_new_tokens,
             temperature=self.temperature, rng=jax.random.fold_in(self.base_rng, step),
             scale_by_std=self.scale_by_std, record_experts=self.has_experts, speculative=self.speculative,
-            generate_fn=lambda *a, **k: self.placement.generate(generate, *a, **k))
+            generate_fn=lambda *a, **k: self.placement.generate(generate, *a, **k),
+            watermark=self.watermark)
         fields = SCORED + (("expert_index",) if self.routing_replay else ())
         scored = self.placement.shard_batch({k: out[k] for k in fields}, process_local=False)
         # pi_old is the sampler: under replay, scored with the experts the sampler ran.

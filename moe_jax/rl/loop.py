@@ -9,10 +9,11 @@ runs the `grpo` job (moe_jax.jobs.grpo): it makes sure an SFT model exists, then
     -> group advantages -> pi_old and pi_ref log-probs -> rl.num_minibatches updates
 
 and evaluates held-out greedy exact match before the first step, every `eval.every`
-steps and at the end. Every step's sampling rng is derived from the step number and the
-prompt iterator's position is saved with each checkpoint, so killing the run and
-rerunning the same command continues exactly where it stopped. The reference policy is
-the SFT model, reloaded from its checkpoint on resume.
+steps and at the end. With a `watermark` section enabled (moe_jax.infer.watermark) the
+rollouts are drawn with its green-list bias. Every step's sampling rng is derived from
+the step number and the prompt iterator's position is saved with each checkpoint, so
+killing the run and rerunning the same command continues exactly where it stopped. The
+reference policy is the SFT model, reloaded from its checkpoint on resume.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from moe_jax.data.tasks import get_task
 from moe_jax.data.tokenizer import get_tokenizer
+from moe_jax.infer.watermark import Watermark
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.rl.grpo import IMPORTANCE, GRPOConfig
@@ -66,6 +68,10 @@ def validate_rl_config(config: ml_collections.ConfigDict):
                           f"{config.model.max_seq_len - r.prompt_len}")
     validate_moe_rl(config)
     grpo_config(config)  # aggregation and clip checks
+    watermark = Watermark.from_config(config.get("watermark"))  # a bad section fails here
+    if watermark is not None and rl_option(config, "speculative"):
+        raise ConfigError("rl.speculative", True, "False with a watermark (speculative acceptance "
+                          "is not defined for the green-list-biased distribution)")
 
 
 # The MoE-aware fields and their defaults; a config without them runs plain GRPO.
@@ -172,7 +178,8 @@ def train_grpo(config: ml_collections.ConfigDict, workdir: str, init_dir: str, r
                               ref_params=ref_params, step_sharding=shardings.step, seed=t.seed + 1,
                               routing_replay=rl_option(config, "routing_replay"),
                               update_router_bias=rl_option(config, "update_router_bias"),
-                              speculative=rl_option(config, "speculative"))
+                              speculative=rl_option(config, "speculative"),
+                              watermark=Watermark.from_config(config.get("watermark")))
 
     def evaluate(num_examples, state):
         accuracy, count, _ = exact_match(

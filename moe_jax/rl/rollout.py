@@ -42,7 +42,7 @@ def left_padded_prompts(prompts: Sequence[str], tokenizer, prompt_len: int):
 def sample_groups(model_config, params, router_bias, examples: Sequence, tokenizer, *,
                   reward_fn: RewardFn, group_size: int, prompt_len: int, max_new_tokens: int,
                   temperature: float, rng, scale_by_std: bool = True, generate_fn=generate,
-                  record_experts: bool = False, speculative: bool = False) -> dict:
+                  record_experts: bool = False, speculative: bool = False, watermark=None) -> dict:
     """Sample `group_size` responses for each example and score them.
 
     Returns numpy arrays with B = len(examples) x group_size rows, groups contiguous:
@@ -54,7 +54,8 @@ def sample_groups(model_config, params, router_bias, examples: Sequence, tokeniz
 
     record_experts adds the sampler's experts, "expert_index" [B, P + N, M, K], aligned
     with "tokens"; speculative samples with MTP drafts and adds "draft_acceptance" (the
-    fraction of drafts kept, over the batch).
+    fraction of drafts kept, over the batch). watermark: a moe_jax.infer.watermark.Watermark
+    the responses are drawn with (None: none).
     """
     repeated = [e for e in examples for _ in range(group_size)]
     prompt_tokens, prompt_lengths = left_padded_prompts([e.prompt for e in repeated], tokenizer,
@@ -63,7 +64,7 @@ def sample_groups(model_config, params, router_bias, examples: Sequence, tokeniz
     out = generate_fn(model_config, params, router_bias, prompt_tokens, prompt_lengths,
                       max_new_tokens=max_new_tokens, rng=rng, temperature=temperature,
                       stop_tokens=(tokenizer.eos_id,), pad_id=tokenizer.pad_id,
-                      record_experts=record_experts, speculative=speculative)
+                      record_experts=record_experts, speculative=speculative, watermark=watermark)
     new_tokens, lengths = np.asarray(out["tokens"]), np.asarray(out["lengths"])
     seconds = time.perf_counter() - start  # the arrays are on the host: sampling has finished
     responses = [decode_response(tokenizer, row.tolist()) for row in new_tokens]

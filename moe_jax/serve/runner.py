@@ -27,14 +27,15 @@ class Served(NamedTuple):
 
 
 def serve_model(model_config, params, router_bias, tokenizer, *, num_slots: int = 8,
-                context: int | None = None, model_name: str = "model") -> Served:
+                context: int | None = None, model_name: str = "model", watermark=None) -> Served:
     """An engine over the model, warmed up (the decode step and the smallest prompt
-    bucket compiled) and started, and the app over it."""
+    bucket compiled) and started, and the app over it. watermark: a
+    moe_jax.infer.watermark.Watermark every completion is drawn with (None: none)."""
     from moe_jax.infer.engine import Engine
     from moe_jax.serve.app import create_app
 
     engine = Engine(model_config, params, router_bias, tokenizer, num_slots=num_slots,
-                    context=context)
+                    context=context, watermark=watermark)
     engine.warmup()
     engine.start()
     return Served(create_app(engine, tokenizer, model_name), engine, model_name, tokenizer)

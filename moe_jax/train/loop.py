@@ -29,10 +29,12 @@ from moe_jax.data.tfds_builders import load_task_split
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
+from moe_jax.train.dp_step import dp_optimizer, make_dp_train_step
 from moe_jax.train.evaluate import exact_match
 from moe_jax.train.losses import LossWeights
 from moe_jax.train.optimizer import make_optimizer, validate_optimizer_config
 from moe_jax.train.placement import Placement
+from moe_jax.train.privacy import check_dp_config, privacy_settings
 from moe_jax.train.run_config import check_and_record
 from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
@@ -59,6 +61,7 @@ def validate_training_config(config: ml_collections.ConfigDict, process_count: i
         raise ConfigError("data.read_threads", threads, "a non-negative integer, or None for grain's default")
     get_task(d.task)  # unknown task names fail here, naming the choices
     validate_optimizer_config(config.optimizer)
+    check_dp_config(config)
 
 
 def _check_dataset_fields(source, task: str):
@@ -137,8 +140,14 @@ def _size(nbytes: int) -> str:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print,
                        make_step=None) -> dict:
     """Train, checkpoint and evaluate; returns the final summary (also in summary.json).
-    make_step(model, optimizer, config) -> train_step replaces the default step."""
+    make_step(model, optimizer, config) -> train_step replaces the default step. With
+    `dp.enabled` the step is DP-SGD's (moe_jax.train.dp_step) and the metrics carry
+    dp/epsilon, the budget spent so far (moe_jax.train.privacy)."""
     validate_training_config(config, jax.process_count())
+    privacy = privacy_settings(config)
+    if privacy is not None and make_step is not None:
+        raise ConfigError("dp.enabled", True, "False with an experiment's own make_train_step "
+                          "(DP-SGD brings its own step)")
     check_and_record(config, workdir, log)  # before any data, compile or file is touched
     placement = Placement.from_config(config)
     check_batch_on_mesh(config, placement)
@@ -161,6 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
 
     model = Transformer.from_config(m)
     optimizer = make_optimizer(optimizer_config(config))
+    if privacy is not None:
+        optimizer = dp_optimizer(optimizer, privacy, seed=t.seed + 2)
+        log(privacy.describe())
     init = lambda rng: create_train_state(model, optimizer, rng, config.data.seq_len)  # noqa: E731
     state, shardings = placement.create_state(model, init, jax.random.PRNGKey(t.seed), config.data.seq_len)
     log_placement(placement, state, log)
@@ -168,11 +180,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
                       placement, log=log)
     try:
         state = trainer.restore(state, data_iter)
-        step = (make_step(model, optimizer, config) if make_step is not None else
-                make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate))
+        if make_step is not None:
+            step = make_step(model, optimizer, config)
+        elif privacy is not None:
+            step = make_dp_train_step(model, optimizer, LossWeights.from_config(m), privacy.clip_norm)
+        else:
+            step = make_train_step(model, optimizer, LossWeights.from_config(m), m.bias_update_rate)
         batch_sharding = placement.batch_sharding(2, t.batch_size)
         step_fn = placement.jit(step, (shardings, batch_sharding, None), (shardings, None), donate_argnums=0)
         base_rng = jax.random.PRNGKey(t.seed + 1)
+
+        def update(state, batch, i):
+            state, metrics = step_fn(state, batch, jax.random.fold_in(base_rng, i))
+            done = i + 1
+            if privacy is not None and (done % t.log_every == 0 or done == t.steps):
+                metrics = dict(metrics, **{"dp/epsilon": privacy.epsilon(done)})
+            return state, metrics
 
         def evaluate(num_examples, state):
             return exact_match(m, state.params, state.router_bias, test_source, tokenizer,
@@ -190,8 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
         state = trainer.run(
             state, data_iter=data_iter,
             next_batch=lambda i, s: placement.shard_batch(next(data_iter), process_local=True),
-            update=lambda s, batch, i: step_fn(s, batch, jax.random.fold_in(base_rng, i)),
-            evaluate=periodic_eval, extra={"seed": t.seed})
+            update=update, evaluate=periodic_eval, extra={"seed": t.seed})
     finally:
         data_iter.close()
 
@@ -202,6 +224,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     summary = {"step": int(state.step), "exact_match": accuracy, "eval_examples": count,
                "final_loss": trainer.last_scalars.get("loss"), "train_seconds": round(trainer.seconds, 1),
                "task": config.data.task, "mesh": placement.shape}
+    if privacy is not None:
+        summary["dp"] = {"epsilon": privacy.epsilon(int(state.step)), "delta": privacy.delta,
+                         "noise_multiplier": privacy.noise_multiplier, "clip_norm": privacy.clip_norm,
+                         "sampling_rate": privacy.sampling_rate, "accountant": privacy.accountant}
     trainer.write(int(state.step), {"eval/exact_match": accuracy, "eval/examples": count})
     trainer.close()
     if jax.process_index() == 0:

@@ -36,6 +36,9 @@ SAFE_TO_CHANGE = (
     # "Follow train.steps" stays that when the steps grow.
     "optimizer.total_steps",
 )
+# Sections of a feature that is off unless enabled: a run recorded before its config had
+# the section continues when the section arrives switched off (nothing it computes changes).
+OPTIONAL_SECTIONS = ("watermark", "dp")
 
 
 class ConfigMismatchError(ConfigError):
@@ -74,9 +77,20 @@ def is_safe(name: str) -> bool:
     return any(name == s or (s.endswith(".") and name.startswith(s)) for s in SAFE_TO_CHANGE)
 
 
+def _added_switched_off(old: dict, new: dict) -> set:
+    """Fields of OPTIONAL_SECTIONS that `new` has, `old` lacks entirely, and that are off."""
+    added = set()
+    for section in OPTIONAL_SECTIONS:
+        prefix = section + "."
+        if new.get(prefix + "enabled") is False and not any(k.startswith(prefix) for k in old):
+            added |= {k for k in new if k.startswith(prefix)}
+    return added
+
+
 def differences(old: dict, new: dict) -> tuple[list, list]:
     """-> (unsafe, safe) lists of (field, old value, new value) between two flat configs."""
     unsafe, safe = [], []
+    new = {k: v for k, v in new.items() if k not in _added_switched_off(old, new)}
     for name in sorted(set(old) | set(new)):
         a, b = (config.get(name, ADDED_FIELDS.get(name, "<absent>")) for config in (old, new))
         if a != b:

@@ -1,4 +1,5 @@
-"""Synthetic tasks whose answers a program can check (for SFT, GRPO and evals).
+"""Synthetic tasks whose answers a program can check (for SFT, GRPO and evals), and one
+plain-text corpus built from local files (docstrings: a language model with entropy).
 
 `TASKS[name]` is a `Task`: `generate(rng, **difficulty)`, `verify(example,
 response)`, `canonical_key(example)`, `from_record(record)`. Splits come from
@@ -6,12 +7,13 @@ response)`, `canonical_key(example)`, `from_record(record)`. Splits come from
 test problem into train.
 """
 
-from moe_jax.data.tasks import arithmetic, countdown
+from moe_jax.data.tasks import arithmetic, countdown, docstrings
 from moe_jax.data.tasks.base import SPLITS, Example, Task, generate_split, split_of
 
 TASKS: dict[str, Task] = {
     "arithmetic": arithmetic.TASK,
     "countdown": countdown.TASK,
+    "docstrings": docstrings.TASK,
 }
 
 

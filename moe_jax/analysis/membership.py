@@ -1,0 +1,62 @@
+"""A loss-threshold membership-inference attack (Yeom et al. 2018) on a finished run.
+
+The attacker holds the model and a set of candidate examples, half from the training
+set and half from the held-out split, and guesses "member" when an example's loss is
+low: a model that memorised its training set gives its own examples lower loss. The
+attack's strength is the AUC of -loss as a member score (0.5: no better than a coin;
+1.0: the model gives away its training set), the figure differential privacy should
+push towards 0.5 as epsilon falls.
+
+    attack = membership_attack(config, workdir, num_examples=500)
+    attack["auc"], attack["member_loss"], attack["nonmember_loss"]
+
+An example's loss is its mean response-token cross-entropy, as training scored it (the
+prompt is context, the worked solution and <eos> the targets), teacher-forced, with a
+dispatch that never drops a token so an example's loss does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moe_jax.analysis.scoring import example_rows, mean_response_nll
+from moe_jax.data.tokenizer import get_tokenizer
+from moe_jax.train.loader import load_model
+from moe_jax.train.loop import load_data
+
+
+def auc(member_scores, nonmember_scores) -> float:
+    """P(a member scores higher than a non-member), ties counted half (Mann-Whitney U)."""
+    members = np.asarray(member_scores, np.float64)
+    others = np.sort(np.asarray(nonmember_scores, np.float64))
+    below = np.searchsorted(others, members, side="left")
+    ties = np.searchsorted(others, members, side="right") - below
+    return float(np.sum(below + 0.5 * ties) / (len(members) * len(others)))
+
+
+def best_advantage(member_scores, nonmember_scores) -> float:
+    """max over thresholds of TPR - FPR (Yeom et al.'s membership advantage)."""
+    scores = np.concatenate([member_scores, nonmember_scores])
+    is_member = np.concatenate([np.ones(len(member_scores)), np.zeros(len(nonmember_scores))])
+    order = np.argsort(-scores, kind="stable")
+    tpr = np.cumsum(is_member[order]) / len(member_scores)
+    fpr = np.cumsum(1 - is_member[order]) / len(nonmember_scores)
+    # A threshold takes a group of tied scores whole: only the ends of tied groups count
+    # (splitting a tie by the sort order would claim an advantage no threshold has).
+    ends = np.append(np.diff(scores[order]) != 0, True)
+    return float(max(0.0, np.max((tpr - fpr)[ends])))
+
+
+def membership_attack(config, workdir: str, num_examples: int = 500, log=print) -> dict:
+    """The attack on the run in `workdir` (its newest checkpoint), with the first
+    `num_examples` training examples as members and as many held-out ones as non-members."""
+    loaded = load_model(workdir, config.model, log=log)
+    tokenizer = get_tokenizer(config.data.tokenizer)
+    train, test = load_data(config, workdir)
+    n = min(num_examples, len(train), len(test))
+    members, others = (mean_response_nll(loaded.model_config, loaded.params, loaded.router_bias,
+                                         example_rows([split[i] for i in range(n)], tokenizer,
+                                                      config.data.seq_len))
+                       for split in (train, test))
+    return {"auc": auc(-members, -others), "advantage": best_advantage(-members, -others),
+            "member_loss": float(members.mean()), "nonmember_loss": float(others.mean()), "examples": n}
