@@ -121,7 +121,7 @@ def decode_step(model_config, params, router_bias, cache: KVCache, tokens):
 
 
 GENERATE_STATIC = ("m", "max_new_tokens", "temperature", "top_k", "top_p", "stop_tokens", "pad_id",
-                   "cache_dtype", "vocab_limit", "record_experts", "watermark")
+                   "cache_dtype", "vocab_limit", "record_experts")
 
 
 def stopped(token, stop_tokens) -> jax.Array:
@@ -139,7 +139,7 @@ def expert_record(prompt_experts, max_new_tokens: int):
     return record.at[:, :prompt_len].set(prompt_experts)
 
 
-@functools.partial(jax.jit, static_argnames=GENERATE_STATIC)
+@functools.partial(jax.jit, static_argnames=GENERATE_STATIC + ("watermark",))
 def _generate(params, router_bias, prompt_tokens, prompt_lengths, rng, *, m, max_new_tokens,
               temperature, top_k, top_p, stop_tokens, pad_id, cache_dtype, vocab_limit, record_experts,
               watermark=None):
