@@ -58,13 +58,9 @@ def get_config(arg=None):
         c.dp.noise_multiplier = 0.0  # clip: clipped per-example gradients, no noise
     c.eval.membership_examples = 500
     if variant == "runlocal":
-        c.model.update(d_model=32, num_layers=2, num_heads=2, dense_ffn=64, kv_lora_rank=16,
-                       qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, num_experts=4,
-                       expert_ffn=32)
+        recipes.smoke_model(c)
         c.data.num_train, c.data.num_test = 64, 32
-        c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 4, 8, 2, 4
-        c.train.progress_bar = False
-        c.optimizer.warmup_steps = 1
+        recipes.smoke_training(c)
         c.eval.final_num_examples, c.eval.batch_size, c.eval.max_new_tokens = 8, 8, 4
         c.dp.target_epsilon, c.dp.noise_multiplier = -1.0, 1.0
         c.eval.membership_examples = 16

@@ -68,13 +68,9 @@ def get_config(arg=None):
     s.batch_size = 250
     s.heldout_examples = 500
     if variant == "runlocal":
-        c.model.update(d_model=32, num_layers=2, num_heads=2, dense_ffn=64, kv_lora_rank=16,
-                       qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, num_experts=4,
-                       expert_ffn=32)
+        recipes.smoke_model(c)
         c.data.num_train, c.data.num_test = 64, 16
-        c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 4, 8, 2, 4
-        c.train.progress_bar = False
-        c.optimizer.warmup_steps = 1
+        recipes.smoke_training(c)
         c.eval.final_num_examples, c.eval.batch_size, c.eval.max_new_tokens = 4, 4, 8
         s.texts, s.null_texts, s.length, s.batch_size, s.heldout_examples = 8, 8, 24, 8, 8
         c.mesh.fsdp = 1

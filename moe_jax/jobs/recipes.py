@@ -149,16 +149,29 @@ def sft(variant: str = "tiny") -> ml_collections.ConfigDict:
     return c
 
 
+def smoke_model(c: ml_collections.ConfigDict) -> None:
+    """Narrow and shallow: the `runlocal` model of the experiments built on arithmetic(),
+    where a smoke run is about the pipeline, not accuracy."""
+    c.model.update(d_model=32, num_layers=2, num_heads=2, dense_ffn=64, kv_lora_rank=16,
+                   qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, num_experts=4,
+                   expert_ffn=32)
+
+
+def smoke_training(c: ml_collections.ConfigDict) -> None:
+    """A few steps, a checkpoint, no progress bar: the `runlocal` training settings."""
+    c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 4, 8, 2, 4
+    c.train.progress_bar = False
+    c.optimizer.warmup_steps = 1
+
+
 def shift(variant: str = "tiny") -> ml_collections.ConfigDict:
     """Pretraining on 2-3 operands of up to 2 digits, + and -, with data.shifted_difficulty
     the 4-operand task a fine-tune shifts to. `runlocal`: a seconds-long smoke size."""
     _check(variant, SHIFT_VARIANTS)
     c = arithmetic("tiny")
     small = variant == "runlocal"
-    if small:  # narrow and shallow: a smoke test is about the pipeline, not accuracy
-        c.model.update(d_model=32, num_layers=2, num_heads=2, dense_ffn=64, kv_lora_rank=16,
-                       qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, num_experts=4,
-                       expert_ffn=32)
+    if small:
+        smoke_model(c)
     c.data.difficulty = ml_collections.ConfigDict({"min_operands": 2, "max_operands": 3, "max_digits": 2})
     c.data.shifted_difficulty = ml_collections.ConfigDict(
         {"min_operands": 4, "max_operands": 4, "max_digits": 2})
