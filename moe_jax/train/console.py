@@ -20,6 +20,7 @@ the progress bar to sys.stderr as usual.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 
@@ -52,6 +53,10 @@ class Console:
         os.dup2(log_file.fileno(), 1)
         os.dup2(log_file.fileno(), 2)
         _active = cls(log_path, out, err, log_file)
+        # A fatal error in native code (a peer of a multi-host job lost, an XLA check)
+        # aborts the process after writing its reason to fd 2, the log: leave at least the
+        # fatal signal and where Python was on the terminal, so the run does not end silently.
+        faulthandler.enable(file=err, all_threads=False)
         return _active
 
     def say(self, message: str) -> None:
