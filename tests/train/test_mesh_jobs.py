@@ -91,6 +91,8 @@ def digests(workdir):
     for root, _, files in os.walk(workdir):
         for name in files:
             path = os.path.join(root, name)
+            if name.startswith("log"):  # each invocation appends its messages, a refusal's too
+                continue
             out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
     return out
 
@@ -122,11 +124,11 @@ def test_a_changed_model_is_refused_and_a_longer_run_resumes(one_device):
 def test_sigterm_saves_at_the_next_step_and_the_rerun_matches(one_device, tmp_path):
     tmp, _ = one_device
     reference = tmp_path / "reference"
-    loop.train_and_evaluate(config(tmp, "one", 12, "train.checkpoint_every=100"), str(reference), **quiet)
+    loop.train_and_evaluate(config(tmp, "one", 40, "train.checkpoint_every=100"), str(reference), **quiet)
     expected = losses(str(reference))
 
     stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(main_command(stopped, tmp / "data", "one", 12, "train.checkpoint_every=100"),
+    proc = subprocess.Popen(main_command(stopped, tmp / "data", "one", 40, "train.checkpoint_every=100"),
                             cwd=tmp_path, env=outside_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     target = random.Random().randint(2, 9)
@@ -141,13 +143,13 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_matches(one_device, tmp_pa
     assert "preempted" in err and "Traceback" not in err
     saved = sorted(int(s) for s in os.listdir(stopped / "checkpoints") if s.isdigit())
     logged = max(losses(str(stopped)))
-    assert saved == [logged] and target <= logged < 12  # the step it was at, not the end
+    assert saved == [logged] and target <= logged < 40  # the step it was at, not the end
 
-    out = subprocess.run(main_command(stopped, tmp / "data", "one", 12, "train.checkpoint_every=100"),
+    out = subprocess.run(main_command(stopped, tmp / "data", "one", 40, "train.checkpoint_every=100"),
                          cwd=tmp_path, env=outside_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     resumed = losses(str(stopped))
     assert sorted(resumed) == sorted(expected)
     np.testing.assert_allclose([resumed[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
                                rtol=1e-6)
-    assert json.load(open(stopped / "summary.json"))["steps"] == 12
+    assert json.load(open(stopped / "summary.json"))["steps"] == 40
