@@ -29,7 +29,7 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8",
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5", "nbclient>=0.10", "ipykernel>=6.29", "matplotlib>=3.8",
                  # the serve / export tests: the server's own packages, a real OpenAI client
                  *SERVE, "openai>=1.40", "httpx>=0.27", *PRIVACY],
         "serve": SERVE,
