@@ -2,7 +2,12 @@
 
 `moe_jax.config.load_config("deepseek_v3")` (or `moe-jax params --config deepseek_v3`,
 from any directory) resolves a name here; `configs/<name>.py` in the repository reads
-the same functions. Each returns a ConfigDict with a `model` section.
+the same functions. Each returns a ConfigDict with a `model` section: the defaults of
+`base_model_config()` with the preset's column of `SHAPES` written over them.
+
+The published shapes (V2-Lite: the DeepSeek-V2 paper's appendix and its released
+config.json; V3: the DeepSeek-V3 technical report and its config.json) sit side by side
+in one table, so a field that differs between the models is read across one line.
 """
 
 from __future__ import annotations
@@ -10,6 +15,72 @@ from __future__ import annotations
 import ml_collections
 
 from moe_jax.models.config import base_model_config
+
+# A cell left at the default of `base_model_config()`.
+BASE = None
+
+COLUMNS = ("tiny", "deepseek_v2_lite", "deepseek_v3")
+
+# field                        tiny            V2-Lite       V3
+SHAPES = {
+    "vocab_size":                 (128,           102400,       129280),
+    "d_model":                    (192,           2048,         7168),
+    "num_layers":                 (4,             27,           61),
+    "num_dense_layers":           (1,             1,            3),
+    "dense_ffn":                  (512,           10944,        18432),
+    "num_heads":                  (4,             16,           128),
+    # Multi-head Latent Attention: V2-Lite has no query low-rank projection.
+    "q_lora_rank":                (96,            0,            1536),
+    "kv_lora_rank":               (64,            512,          512),
+    "qk_nope_head_dim":           (32,            128,          128),
+    "qk_rope_head_dim":           (16,            64,           64),
+    "v_head_dim":                 (32,            128,          128),
+    "max_seq_len":                (256,           163840,       163840),
+    # YaRN: a 4K pretraining context stretched 40x.
+    "rope_theta":                 (BASE,          10000.0,      10000.0),
+    "rope_scaling":               (BASE,          "yarn",       "yarn"),
+    "rope_factor":                (BASE,          40.0,         40.0),
+    "rope_original_max_position": (BASE,          4096,         4096),
+    "rope_beta_fast":             (BASE,          32.0,         32.0),
+    "rope_beta_slow":             (BASE,          1.0,          1.0),
+    "rope_mscale":                (BASE,          0.707,        1.0),
+    "rope_mscale_all_dim":        (BASE,          0.707,        1.0),
+    # Fine-grained routed experts plus shared experts.
+    "num_experts":                (16,            64,           256),
+    "num_shared_experts":         (1,             2,            1),
+    "expert_ffn":                 (128,           1408,         2048),
+    "top_k":                      (4,             6,            8),
+    # V2-Lite: softmax gate, no group limit, no renormalisation, a balance loss.
+    # V3 (and tiny): sigmoid gate with the balancing bias, group-limited routing.
+    "router":                     ("sigmoid_bias", "softmax",   "sigmoid_bias"),
+    "n_group":                    (4,             1,            8),
+    "topk_group":                 (2,             1,            4),
+    "group_score":                ("top2_sum",    BASE,         "top2_sum"),
+    "norm_topk_prob":             (True,          False,        True),
+    "routed_scaling":             (1.0,           1.0,          2.5),
+    "aux_loss_coef":              (BASE,          0.001,        0.0),
+    "seq_aux_loss_coef":          (BASE,          0.0,          1e-4),
+    # tiny: faster than V3's 1e-3, as a short CPU run must balance within a few hundred
+    # steps.
+    "bias_update_rate":           (1e-2,          0.0,          1e-3),
+    # Multi-token prediction: one extra depth in V3 (and tiny).
+    "mtp_depth":                  (1,             0,            1),
+    "mtp_loss_weight":            (0.3,           BASE,         0.3),
+    "tie_embeddings":             (BASE,          False,        False),
+    "dtype":                      (BASE,          "bfloat16",   "bfloat16"),
+    "remat_policy":               (BASE,          "full",       "full"),
+}
+
+
+def _preset(column: str) -> ml_collections.ConfigDict:
+    m = base_model_config()
+    index = COLUMNS.index(column)
+    for field, cells in SHAPES.items():
+        if field not in m:  # a misspelt row would otherwise add a field nothing reads
+            raise KeyError(f"SHAPES row {field!r} is not a model config field")
+        if cells[index] is not BASE:
+            m[field] = cells[index]
+    return ml_collections.ConfigDict({"model": m})
 
 
 def tiny() -> ml_collections.ConfigDict:
@@ -19,127 +90,17 @@ def tiny() -> ml_collections.ConfigDict:
     grained routed experts plus a shared expert, sigmoid gate with the balancing bias,
     group-limited routing, and one multi-token-prediction module.
     """
-    m = base_model_config()
-    m.vocab_size = 128
-    m.d_model = 192
-    m.num_layers = 4
-    m.num_dense_layers = 1
-    m.dense_ffn = 512
-    m.num_heads = 4
-    m.q_lora_rank = 96
-    m.kv_lora_rank = 64
-    m.qk_nope_head_dim = 32
-    m.qk_rope_head_dim = 16
-    m.v_head_dim = 32
-    m.max_seq_len = 256
-    m.num_experts = 16
-    m.num_shared_experts = 1
-    m.expert_ffn = 128
-    m.top_k = 4
-    m.router = "sigmoid_bias"
-    m.n_group = 4
-    m.topk_group = 2
-    m.group_score = "top2_sum"
-    m.norm_topk_prob = True
-    m.routed_scaling = 1.0
-    # Faster than V3's 1e-3: a short CPU run must balance within a few hundred steps.
-    m.bias_update_rate = 1e-2
-    m.mtp_depth = 1
-    m.mtp_loss_weight = 0.3
-    return ml_collections.ConfigDict({"model": m})
+    return _preset("tiny")
 
 
 def deepseek_v2_lite() -> ml_collections.ConfigDict:
-    """DeepSeek-V2-Lite (15.7B total, 2.4B activated per token), the published shapes.
-
-    Source: the DeepSeek-V2 paper (appendix on V2-Lite) and its released config.json.
-    No query low-rank projection, softmax gate without group limit or renormalisation.
-    """
-    m = base_model_config()
-    m.vocab_size = 102400
-    m.d_model = 2048
-    m.num_layers = 27
-    m.num_dense_layers = 1
-    m.dense_ffn = 10944
-    m.num_heads = 16
-    m.q_lora_rank = 0
-    m.kv_lora_rank = 512
-    m.qk_nope_head_dim = 128
-    m.qk_rope_head_dim = 64
-    m.v_head_dim = 128
-    m.max_seq_len = 163840
-    m.rope_theta = 10000.0
-    m.rope_scaling = "yarn"
-    m.rope_factor = 40.0
-    m.rope_original_max_position = 4096
-    m.rope_beta_fast = 32.0
-    m.rope_beta_slow = 1.0
-    m.rope_mscale = 0.707
-    m.rope_mscale_all_dim = 0.707
-    m.num_experts = 64
-    m.num_shared_experts = 2
-    m.expert_ffn = 1408
-    m.top_k = 6
-    m.router = "softmax"
-    m.n_group = 1
-    m.topk_group = 1
-    m.norm_topk_prob = False
-    m.routed_scaling = 1.0
-    m.aux_loss_coef = 0.001
-    m.seq_aux_loss_coef = 0.0
-    m.bias_update_rate = 0.0
-    m.mtp_depth = 0
-    m.tie_embeddings = False
-    m.dtype = "bfloat16"
-    m.remat_policy = "full"
-    return ml_collections.ConfigDict({"model": m})
+    """DeepSeek-V2-Lite (15.7B total, 2.4B activated per token), the published shapes."""
+    return _preset("deepseek_v2_lite")
 
 
 def deepseek_v3() -> ml_collections.ConfigDict:
-    """DeepSeek-V3 (671B total, 37B activated per token), the published shapes.
-
-    Source: the DeepSeek-V3 technical report and its released config.json.
-    """
-    m = base_model_config()
-    m.vocab_size = 129280
-    m.d_model = 7168
-    m.num_layers = 61
-    m.num_dense_layers = 3
-    m.dense_ffn = 18432
-    m.num_heads = 128
-    m.q_lora_rank = 1536
-    m.kv_lora_rank = 512
-    m.qk_nope_head_dim = 128
-    m.qk_rope_head_dim = 64
-    m.v_head_dim = 128
-    m.max_seq_len = 163840
-    m.rope_theta = 10000.0
-    m.rope_scaling = "yarn"
-    m.rope_factor = 40.0
-    m.rope_original_max_position = 4096
-    m.rope_beta_fast = 32.0
-    m.rope_beta_slow = 1.0
-    m.rope_mscale = 1.0
-    m.rope_mscale_all_dim = 1.0
-    m.num_experts = 256
-    m.num_shared_experts = 1
-    m.expert_ffn = 2048
-    m.top_k = 8
-    m.router = "sigmoid_bias"
-    m.n_group = 8
-    m.topk_group = 4
-    m.group_score = "top2_sum"
-    m.norm_topk_prob = True
-    m.routed_scaling = 2.5
-    m.aux_loss_coef = 0.0
-    m.seq_aux_loss_coef = 1e-4
-    m.bias_update_rate = 1e-3
-    m.mtp_depth = 1
-    m.mtp_loss_weight = 0.3
-    m.tie_embeddings = False
-    m.dtype = "bfloat16"
-    m.remat_policy = "full"
-    return ml_collections.ConfigDict({"model": m})
+    """DeepSeek-V3 (671B total, 37B activated per token), the published shapes."""
+    return _preset("deepseek_v3")
 
 
 PRESETS = {"tiny": tiny, "deepseek_v2_lite": deepseek_v2_lite, "deepseek_v3": deepseek_v3}
