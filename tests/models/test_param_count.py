@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -58,12 +57,11 @@ def test_deepseek_v2_lite_counts():
 
 
 @pytest.mark.slow
-def test_cli_params_json_is_fast():
-    start = time.time()
+def test_cli_params_json_counts_v3_from_shapes_alone():
+    # Completing at all is the check that nothing is allocated: V3's weights in bfloat16
+    # are 1.3 TB, 50 times this machine's memory.
     out = subprocess.run([sys.executable, "-m", "moe_jax.cli", "params", "--config",
                           "configs/deepseek_v3.py", "--json"], capture_output=True, text=True, check=True)
-    elapsed = time.time() - start
     counts = json.loads(out.stdout)
     assert counts["total"] == V3_TOTAL and counts["activated"] == V3_ACTIVE
     assert counts["main"]["routed_experts"]["total"] == 653_908_770_816
-    assert elapsed < 30, elapsed
