@@ -125,16 +125,7 @@ def check_batch_on_mesh(config, placement: Placement) -> None:
 
 def log_placement(placement: Placement, state, log) -> None:
     """What a run on many devices should say first: where everything lives."""
-    per_device = placement.bytes_per_device(state.params)
-    total = sum(x.nbytes for x in jax.tree.leaves(state.params))
-    log(f"{placement.describe()}; parameters {_size(total)}, {_size(per_device)} per device")
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} B"
+    log(placement.describe_params(state.params))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=print,

@@ -34,6 +34,13 @@ def replicate_to_host(tree):
     return gather_rows(tree, None)
 
 
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
+
+
 @dataclasses.dataclass(frozen=True)
 class Placement:
     mesh: jax.sharding.Mesh
@@ -109,6 +116,12 @@ class Placement:
                 if shard.device == device:
                     total += shard.data.nbytes
         return total
+
+    def describe_params(self, params) -> str:
+        """describe() and where the parameters live: their bytes in all and per device."""
+        total = sum(x.nbytes for x in jax.tree.leaves(params))
+        return (f"{self.describe()}; parameters {_size(total)}, "
+                f"{_size(self.bytes_per_device(params))} per device")
 
     # -- batches and steps ---------------------------------------------------------------
 
