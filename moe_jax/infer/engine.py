@@ -18,11 +18,18 @@ or among others.
 
 Text is released in `Chunk`s as tokens are decoded, holding back any tail that could
 still become a stop string; the concatenated chunks are the final text.
+
+On a mesh, pass `placement` (a moe_jax.train.placement.Placement, params already on it
+with `put_params`): the slots' rows split over its batch axes and every step runs under
+its `generation()` context, as `generate` does for evaluation and rollouts. That context
+(like jax's mesh and flax's rules) belongs to the thread that enters it, so the engine
+enters it on its own thread as well as in the calls made before `start()`.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -33,6 +40,7 @@ import jax
 import numpy as np
 
 from moe_jax.infer.generate import inference_config
+from moe_jax.infer.rows import place_rows, row_shards, sampling_context
 from moe_jax.infer.slots import TOP_LOGPROBS, SlotSampling, decode_slots, init_slots, prefill_slot
 from moe_jax.infer.watermark import Watermark, context_of
 
@@ -167,10 +175,15 @@ class Engine:
     """Continuous batching over `num_slots` decode slots of `context` tokens each."""
 
     def __init__(self, model_config, params, router_bias, tokenizer, *, num_slots: int = 8,
-                 context: int | None = None, cache_dtype=None, watermark: Watermark | None = None):
+                 context: int | None = None, cache_dtype=None, watermark: Watermark | None = None,
+                 placement=None):
         """watermark: every request is drawn with its green-list bias (a server-wide
-        setting: the key is the operator's, not the client's)."""
+        setting: the key is the operator's, not the client's). placement: the mesh to
+        run on, anything with a `generation()` context (a Placement; infer/ sits below
+        train/, so it is not imported here); None: one device. num_slots must then be a
+        multiple of the devices its batch axes split rows over."""
         self.m = inference_config(model_config)
+        self._on_mesh = contextlib.nullcontext if placement is None else placement.generation
         self.watermark = watermark
         self.params, self.router_bias = params, router_bias or {}
         self.tokenizer = tokenizer
@@ -182,8 +195,13 @@ class Engine:
         self.num_slots = int(num_slots)
         if self.num_slots < 1:
             raise ValueError(f"num_slots = {num_slots}: expected at least 1")
+        with self._on_mesh(), sampling_context():
+            shards = row_shards()
+            if self.num_slots % shards:
+                raise ValueError(f"num_slots = {num_slots}: expected a multiple of {shards}, the "
+                                 "devices the mesh's batch axes split the slots over")
+            self._cache = init_slots(self.m, self.num_slots, self.context, cache_dtype)
         self.buckets = prompt_buckets(self.context)
-        self._cache = init_slots(self.m, self.num_slots, self.context, cache_dtype)
         self._running: list[_Running | None] = [None] * self.num_slots
         self._next = np.zeros(self.num_slots, np.int32)  # each slot's token to feed next
         self._pending: collections.deque[Ticket] = collections.deque()
@@ -273,14 +291,19 @@ class Engine:
         before serving, by running them on an idle engine."""
         if self._thread is not None:
             raise RuntimeError("warmup runs before start()")
-        for bucket in buckets or self.buckets[:1]:
-            self._prefill(0, [0], bucket, self._sampling_rows([None]))
-        self._decode(np.zeros(self.num_slots, bool))
+        with self._on_mesh():
+            for bucket in buckets or self.buckets[:1]:
+                self._prefill(0, [0], bucket, self._sampling_rows([None]))
+            self._decode(np.zeros(self.num_slots, bool))
         self._cache = self._cache.replace(lengths=self._cache.lengths * 0)
 
     # -- the engine thread ---------------------------------------------------------------
 
     def _loop(self):
+        with self._on_mesh():
+            self._serve()
+
+    def _serve(self):
         while True:
             with self._wake:
                 while not self._stop and not self._pending and not any(self._running):
@@ -372,14 +395,28 @@ class Engine:
     def _prefill(self, slot, prompt, bucket, sampling):
         tokens = np.full((1, bucket), self.tokenizer.pad_id, np.int32)
         tokens[0, :len(prompt)] = prompt
-        self._cache, draw = prefill_slot(self.m, self.params, self.router_bias, self._cache,
-                                         np.int32(slot), tokens, np.int32(len(prompt)), sampling,
-                                         self.vocab, watermark=self.watermark)
+        # On a mesh the one row becomes copies, one per row shard (rows.py); row 0 is read.
+        with sampling_context():
+            (tokens,), sampling = _placed((tokens,), sampling)
+            self._cache, draw = prefill_slot(self.m, self.params, self.router_bias, self._cache,
+                                             np.int32(slot), tokens, np.int32(len(prompt)),
+                                             sampling, self.vocab, watermark=self.watermark)
         return jax.device_get(draw)
 
     def _decode(self, active):
-        sampling = self._sampling_rows(self._running)
-        self._cache, draw = decode_slots(self.m, self.params, self.router_bias, self._cache,
-                                         self._next, active, sampling, self.vocab,
-                                         watermark=self.watermark)
+        with sampling_context():
+            (tokens, active), sampling = _placed((self._next, active), self._sampling_rows(self._running))
+            self._cache, draw = decode_slots(self.m, self.params, self.router_bias, self._cache,
+                                             tokens, active, sampling, self.vocab,
+                                             watermark=self.watermark)
         return jax.device_get(draw)
+
+
+def _placed(arrays: tuple, sampling: SlotSampling):
+    """Host rows (a tuple of [B, ...] arrays, and a SlotSampling) -> the same split over
+    the batch axes of the active mesh, padded with copies of row 0 to a multiple of the
+    row shards (rows.place_rows); unchanged without one."""
+    fields = [f for f in sampling if f is not None]
+    _, placed = place_rows(*arrays, *fields)
+    rest = iter(placed[len(arrays):])
+    return placed[:len(arrays)], SlotSampling(*(None if f is None else next(rest) for f in sampling))

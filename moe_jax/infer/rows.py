@@ -70,7 +70,8 @@ def batch_axes(mesh) -> tuple[str, ...]:
     """The mesh axes that split a batch: the flax rules' mapping of "batch" if rules are
     in effect, else the batch-like axes the mesh has."""
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    if _jax_mesh() is None and _GENERATION.get() is not None:
+    # The abstract mesh: unlike the concrete one it can be read inside a trace as well.
+    if jax.sharding.get_abstract_mesh().empty and _GENERATION.get() is not None:
         with nn.logical_axis_rules(_GENERATION.get()[1]):
             entry = nn.logical_to_mesh_axes(("batch",))[0]
         axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
@@ -82,15 +83,40 @@ def batch_axes(mesh) -> tuple[str, ...]:
     return tuple(a for a in axes if a in sizes and sizes[a] > 1)
 
 
+def _split(mesh) -> tuple[tuple[str, ...], int]:
+    """(the axes that split rows on `mesh`, how many ways they split them); ((), 1) for None."""
+    if mesh is None:
+        return (), 1
+    axes = batch_axes(mesh)
+    return axes, math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[a] for a in axes)
+
+
+def row_shards() -> int:
+    """How many ways the active mesh splits rows (1 without one): a row count that is a
+    multiple of it splits evenly, as a fixed set of decode slots must."""
+    return _split(active_mesh())[1]
+
+
+def constrain_rows(x, axis: int = 0):
+    """Inside a trace under the sampling mesh: keep dimension `axis` of `x` split over the
+    batch axes (a state carried from call to call, such as decode slots, then stays where
+    it is instead of wherever the compiler's propagation would leave it). A no-op without
+    a mesh or when the axes do not divide the dimension."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes, shards = _split(None if mesh.empty else mesh)
+    if shards == 1 or x.shape[axis] % shards:
+        return x
+    return jax.lax.with_sharding_constraint(x, P(*(None,) * axis, axes))
+
+
 def place_rows(*arrays):
     """-> (rows, placed arrays): host [B, ...] arrays padded to a multiple of the batch
     shards and split over the batch axes of the active mesh; unchanged without one."""
     rows = int(np.shape(arrays[0])[0])
     mesh = active_mesh()
-    axes = () if mesh is None else batch_axes(mesh)
+    axes, shards = _split(mesh)
     if not axes:
         return rows, arrays
-    shards = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes))[a] for a in axes)
     padded = -(-rows // shards) * shards
     sharding = NamedSharding(mesh, P(axes))
     placed = []

@@ -16,7 +16,7 @@ row. That keeps the model's decoding path unchanged.
 
 Two jitted functions, compiled once per (slot count, context) and once per prompt bucket:
 
-    slots, first = prefill_slot(m, params, router_bias, slots, slot, tokens[1, P], length,
+    slots, first = prefill_slot(m, params, router_bias, slots, slot, tokens[R, P], length,
                                 sampling, vocab)
     slots, step  = decode_slots(m, params, router_bias, slots, tokens[B], active[B], sampling,
                                 vocab)
@@ -28,6 +28,11 @@ same prompt and rng (with a watermark too: `sampling.context` then carries each 
 last h tokens, which `generate` keeps on the device). Only ids below `vocab` (the tokenizer's size; the model's table
 may be padded past it) are drawn. Both return a `Draw`: token, its log-prob at temperature 1 and the
 TOP_LOGPROBS most likely tokens with theirs.
+
+Under a sampling mesh (moe_jax.infer.rows: the engine runs inside a placement's
+`generation()`) the slots' rows stay split over the batch axes from call to call, as
+`init_slots` creates them; a prefill's one prompt is then given as R copies (rows.py's
+padding, R the row shards), so its tokens split over the devices like any batch's.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from moe_jax.infer.rows import constrain_rows
 from moe_jax.infer.sampling import sample_rows, token_logprobs, top_logprobs
 from moe_jax.infer.watermark import Watermark
 from moe_jax.models.transformer import forward_with_cache, layer_stacks
@@ -82,14 +88,25 @@ class Draw(NamedTuple):
 
 
 def init_slots(model_config, num_slots: int, context: int, dtype=None) -> SlotCache:
-    """Empty slots for `num_slots` requests of up to `context` tokens each."""
-    m = model_config
-    dtype = jnp.dtype(dtype or m.dtype)
+    """Empty slots for `num_slots` requests of up to `context` tokens each; under a
+    sampling mesh, created split over its batch axes (never whole on one device)."""
+    return _empty_slots(model_config, num_slots, context, jnp.dtype(dtype or model_config.dtype).name)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _empty_slots(m, num_slots: int, context: int, dtype: str) -> SlotCache:
     c_kv, k_rope = {}, {}
     for name, _, count in layer_stacks(m):
         c_kv[name] = jnp.zeros((count, num_slots, context + 1, m.kv_lora_rank), dtype)
         k_rope[name] = jnp.zeros((count, num_slots, context + 1, m.qk_rope_head_dim), dtype)
-    return SlotCache(c_kv=c_kv, k_rope=k_rope, lengths=jnp.zeros((num_slots,), jnp.int32))
+    return _keep_split(SlotCache(c_kv=c_kv, k_rope=k_rope, lengths=jnp.zeros((num_slots,), jnp.int32)))
+
+
+def _keep_split(slots: SlotCache) -> SlotCache:
+    """The slots' row axis over the batch axes of the sampling mesh (see rows.py)."""
+    return SlotCache(c_kv={k: constrain_rows(v, 1) for k, v in slots.c_kv.items()},
+                     k_rope={k: constrain_rows(v, 1) for k, v in slots.k_rope.items()},
+                     lengths=constrain_rows(slots.lengths))
 
 
 def _draw(logits, sampling: SlotSampling, vocab: int, watermark: Watermark | None) -> Draw:
@@ -107,27 +124,28 @@ def prefill_slot(m, params, router_bias, slots: SlotCache, slot, tokens, length,
                  sampling: SlotSampling, vocab: int, *, watermark: Watermark | None = None):
     """Prefill one prompt into `slot` and draw its first token.
 
-    tokens [1, P]: the prompt right-padded to a bucket length P <= S; length: its real
-    tokens; sampling: that request's SlotSampling with a row axis of 1. The padding is
-    masked (segment 0), so any bucket gives the same prompt latents. watermark: draw
-    with its bias (sampling.context then holds the prompt's last h tokens).
-    -> (slots, Draw [1]).
+    tokens [R, P]: the prompt right-padded to a bucket length P <= S, in R identical rows
+    (R = 1, or the row shards of a mesh); length: its real tokens; sampling: that
+    request's SlotSampling with a row axis of R. The padding is masked (segment 0), so
+    any bucket gives the same prompt latents. watermark: draw with its bias
+    (sampling.context then holds the prompt's last h tokens). -> (slots, Draw [R]), its
+    rows identical.
     """
-    prompt_len = tokens.shape[1]
-    index = jnp.arange(prompt_len, dtype=jnp.int32)[None, :]  # [1, P]
+    rows, prompt_len = tokens.shape
+    index = jnp.broadcast_to(jnp.arange(prompt_len, dtype=jnp.int32)[None, :], (rows, prompt_len))
     real = index < length
-    caches = {name: (jnp.zeros((count, 1, prompt_len, m.kv_lora_rank), slots.c_kv[name].dtype),
-                     jnp.zeros((count, 1, prompt_len, m.qk_rope_head_dim), slots.k_rope[name].dtype))
+    caches = {name: (jnp.zeros((count, rows, prompt_len, m.kv_lora_rank), slots.c_kv[name].dtype),
+                     jnp.zeros((count, rows, prompt_len, m.qk_rope_head_dim), slots.k_rope[name].dtype))
               for name, _, count in layer_stacks(m)}
     logits, caches = forward_with_cache(m, params, router_bias, tokens.astype(jnp.int32), index,
                                         real.astype(jnp.int32), caches, jnp.zeros((), jnp.int32),
                                         real, prefill=True)
-    last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)  # [1, V]
+    last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)  # [R, V]
     at = (0, slot, 0, 0)
-    c_kv = {k: jax.lax.dynamic_update_slice(slots.c_kv[k], v[0], at) for k, v in caches.items()}
-    k_rope = {k: jax.lax.dynamic_update_slice(slots.k_rope[k], v[1], at) for k, v in caches.items()}
+    c_kv = {k: jax.lax.dynamic_update_slice(slots.c_kv[k], v[0][:, :1], at) for k, v in caches.items()}
+    k_rope = {k: jax.lax.dynamic_update_slice(slots.k_rope[k], v[1][:, :1], at) for k, v in caches.items()}
     slots = SlotCache(c_kv=c_kv, k_rope=k_rope, lengths=slots.lengths.at[slot].set(length))
-    return slots, _draw(last, sampling, vocab, watermark)
+    return _keep_split(slots), _draw(last, sampling, vocab, watermark)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7), static_argnames="watermark", donate_argnums=3)
@@ -156,4 +174,4 @@ def decode_slots(m, params, router_bias, slots: SlotCache, tokens, active, sampl
     slots = SlotCache(c_kv={k: settle(v[0]) for k, v in caches.items()},
                       k_rope={k: settle(v[1]) for k, v in caches.items()},
                       lengths=slots.lengths + active.astype(jnp.int32))
-    return slots, _draw(logits[:, 0], sampling, vocab, watermark)
+    return _keep_split(slots), _draw(logits[:, 0], sampling, vocab, watermark)
