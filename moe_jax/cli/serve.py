@@ -2,6 +2,7 @@
 
     moe-jax serve --checkpoint WORKDIR [--config experiments/pretrain_arith.py:tiny] \
         [--quantized] [--host 127.0.0.1 --port 8000] [--max-batch 8] [--context N] \
+        [--mesh data=2,expert=4] \
         [--watermark-key K --watermark-delta 2 --watermark-gamma 0.25 --watermark-context 1]
 
 --checkpoint is anything `moe-jax sample` reads (a training workdir, a model directory,
@@ -10,7 +11,12 @@ serves the weights rounded through int8 (what `moe-jax quantize --bits 8` writes
 --watermark-key draws every completion with the green-list watermark of that secret key
 (`moe-jax watermark detect` finds it).
 --max-batch is the number of decode slots; --context the tokens (prompt + completion) a
-slot holds (default: model.max_seq_len; a decode step's cost grows with it). The server
+slot holds (default: model.max_seq_len; a decode step's cost grows with it).
+--mesh serves a model too big for one device on a mesh, written as for `moe-jax plan`
+(missing axes are 1, one size may be -1 for the rest of the devices): the weights are
+placed as training places them (routed experts over `expert`), the slots split over the
+batch axes (data, fsdp, expert), so --max-batch must be a multiple of their product.
+Without it the model is served on one device. The server
 prints one line with its URL once the model is compiled and it listens; then, e.g.:
 
     curl -s localhost:8000/v1/completions -H 'content-type: application/json' \
@@ -50,6 +56,28 @@ def load_served(args, quantize: bool = False):
     return model_config, params, router_bias, args.tokenizer or tokenizer
 
 
+def placement_from_args(args):
+    """--mesh -> a Placement on that mesh (checked against --max-batch before anything is
+    loaded), or None: one device."""
+    if args.mesh is None:
+        return None
+    import jax
+    import ml_collections
+
+    from moe_jax.parallel.mesh import parse_mesh_spec
+    from moe_jax.train.placement import Placement
+
+    if jax.process_count() > 1:  # the engine's steps would be collectives no peer joins
+        raise ValueError(f"--mesh {args.mesh}: serving runs in one process, this is one of "
+                         f"{jax.process_count()}; use the devices of one host")
+    placement = Placement.from_config(ml_collections.ConfigDict({"mesh": parse_mesh_spec(args.mesh)}))
+    if args.max_batch % placement.batch_shards:
+        raise ValueError(f"--max-batch {args.max_batch}: expected a multiple of "
+                         f"{placement.batch_shards}, the devices the mesh's batch axes split the "
+                         f"decode slots over ({placement.describe()})")
+    return placement
+
+
 def _serve(args) -> int:
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.serve.runner import bind, serve_model, uvicorn_server
@@ -57,11 +85,14 @@ def _serve(args) -> int:
 
     try:
         watermark = watermark_from_args(args)
+        placement = placement_from_args(args)
         model_config, params, router_bias, tokenizer = load_served(args, args.quantized)
         served = serve_model(model_config, params, router_bias, get_tokenizer(tokenizer),
                              num_slots=args.max_batch, context=args.context,
                              model_name=args.model_name or os.path.basename(
-                                 os.path.normpath(args.checkpoint)), watermark=watermark)
+                                 os.path.normpath(args.checkpoint)), watermark=watermark,
+                             placement=placement, log=lambda line: print(f"moe-jax serve: {line}",
+                                                                         flush=True))
         sock = bind(args.host, args.port)
     except (FileNotFoundError, ValueError, OSError, CorruptCheckpointError) as e:
         return error("serve", e)
@@ -83,6 +114,11 @@ def add_serve_command(subparsers) -> None:
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     s.add_argument("--max-batch", type=int, default=8, help="decode slots (concurrent requests)")
     s.add_argument("--context", type=int, help="tokens per slot (default: model.max_seq_len)")
+    s.add_argument("--mesh", help="serve on a device mesh, AXIS=SIZE over data, fsdp, expert, "
+                                  "tensor as for `moe-jax plan`, e.g. data=2,expert=4 (missing "
+                                  "axes are 1, one may be -1 for the rest); experts split over "
+                                  "expert, decode slots over the batch axes, so --max-batch must "
+                                  "be a multiple of data*fsdp*expert (default: one device)")
     s.add_argument("--model-name", help="the model id clients name (default: the checkpoint's "
                                         "directory name)")
     s.add_argument("--log-level", default="warning", help="uvicorn's log level")

@@ -7,6 +7,11 @@ background thread (tests, notebooks, benchmarks).
     with ServerThread(served.app) as url:                           # http://127.0.0.1:<port>
         ...
     served.engine.stop()
+
+On a mesh, pass `placement=Placement.from_config(config)` (moe_jax.train.placement): the
+weights are placed by the logical rules (routed experts over `expert`, the rest as
+training places them) and the engine's slots and steps run on it, as sampling does in
+evaluation and GRPO rollouts.
 """
 
 from __future__ import annotations
@@ -27,15 +32,26 @@ class Served(NamedTuple):
 
 
 def serve_model(model_config, params, router_bias, tokenizer, *, num_slots: int = 8,
-                context: int | None = None, model_name: str = "model", watermark=None) -> Served:
+                context: int | None = None, model_name: str = "model", watermark=None,
+                placement=None, log=print) -> Served:
     """An engine over the model, warmed up (the decode step and the smallest prompt
     bucket compiled) and started, and the app over it. watermark: a
-    moe_jax.infer.watermark.Watermark every completion is drawn with (None: none)."""
+    moe_jax.infer.watermark.Watermark every completion is drawn with (None: none).
+    placement: a moe_jax.train.placement.Placement to serve on (host weights are placed
+    on its mesh; num_slots must be a multiple of its batch shards), logged with `log`;
+    None: one device."""
     from moe_jax.infer.engine import Engine
     from moe_jax.serve.app import create_app
 
+    if placement is not None:
+        from moe_jax.models.transformer import Transformer
+
+        placement.check_model(model_config)
+        params, router_bias = placement.put_params(Transformer.from_config(model_config), params,
+                                                   router_bias or {})
+        log(placement.describe_params(params))
     engine = Engine(model_config, params, router_bias, tokenizer, num_slots=num_slots,
-                    context=context, watermark=watermark)
+                    context=context, watermark=watermark, placement=placement)
     engine.warmup()
     engine.start()
     return Served(create_app(engine, tokenizer, model_name), engine, model_name, tokenizer)
