@@ -21,6 +21,12 @@ the openai client's answers.
 
 Server and clients share the machine: on a few cores the client threads take CPU from
 the server, so the ratio is a lower bound on what the server alone would show.
+
+`--mesh data=2,expert=4` serves on a mesh (`moe-jax serve --mesh`); the answers are
+still compared with one-device `moe-jax sample`. On a CPU machine, simulate the devices:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/serve_load.py \
+        --workdir runs/arith --mesh data=2,expert=4
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ def parse_args():
     p.add_argument("--max-tokens", type=int, default=40, help="as the config's eval.max_new_tokens")
     p.add_argument("--openai-prompts", type=int, default=16,
                    help="prompts also sent through the official openai client")
+    p.add_argument("--mesh", help="the server's mesh, as for `moe-jax serve --mesh` (default: one device)")
     return p.parse_args()
 
 
@@ -74,13 +81,15 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "moe_jax.cli", "serve", "--checkpoint", args.workdir,
                "--config", args.config, "--port", "0", "--max-batch", str(args.max_batch),
                "--context", str(args.context), "--model-name", "arith"]
+    command += ["--mesh", args.mesh] if args.mesh else []
     server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    line = server.stdout.readline()  # printed once compiled and listening
-    found = re.search(r"on (http://\S+)", line)
-    if not found:
-        server.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return server, found.group(1)
+    line = ""
+    for line in server.stdout:  # on a mesh its placement first; the URL once listening
+        found = re.search(r"on (http://\S+)", line)
+        if found:
+            return server, found.group(1)
+    server.kill()
+    raise SystemExit(f"the server did not start: {line!r}")
 
 
 def scrape(url) -> dict:
@@ -180,7 +189,7 @@ def main():
     checked = prompts[:args.openai_prompts]
     expected = [sampled.get(p) for p in checked]
     print(json.dumps({
-        "clients": args.clients, "requests_per_client": args.requests,
+        "clients": args.clients, "requests_per_client": args.requests, "mesh": args.mesh,
         "max_batch": args.max_batch, "context": args.context, "max_tokens": args.max_tokens,
         "tokens_per_s_one_client": round(alone_tps, 1), "tokens_per_s_concurrent": round(many_tps, 1),
         "throughput_ratio": round(many_tps / alone_tps, 2), "ratio_limit": args.clients,
