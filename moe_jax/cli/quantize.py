@@ -4,7 +4,7 @@
         --out QROOT [--bits 8,4] [--group-size 128] [--eval 500] [--json]
 
 Writes QROOT/float32 (the same layout unquantised: the byte baseline) and QROOT/int<b>
-for each requested width (see moe_jax.quant.checkpoint), then reports per checkpoint the
+for each requested width (the format: moe_jax.interop.quantized), then reports per checkpoint the
 bytes of its tensor file, the ratio to float32 and, with --eval N, the held-out exact
 match on N problems of the config's task, decoded greedily from the checkpoint as
 written (read back and dequantised). Held-out problems come from the config's data
