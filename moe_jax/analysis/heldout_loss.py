@@ -20,10 +20,10 @@ import numpy as np
 
 from moe_jax.config import load_config, split_overrides
 from moe_jax.data.pipeline import train_dataset
+from moe_jax.data.splits import load_data
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import load_data
 from moe_jax.train.step import forward_with_loss
 from moe_jax.train.losses import LossWeights
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from moe_jax.analysis.scoring import example_rows, mean_response_nll
+from moe_jax.data.splits import load_data
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import load_data
 
 
 def auc(member_scores, nonmember_scores) -> float:

@@ -64,7 +64,7 @@ def run_slip_counts(workdir: str, config=None, num_examples: int | None = None) 
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.train.evaluate import exact_match
     from moe_jax.train.loader import load_model, read_run_config
-    from moe_jax.train.loop import load_data
+    from moe_jax.data.splits import load_data
 
     config = config if config is not None else read_run_config(workdir)
     if config is None:

@@ -32,12 +32,12 @@ import numpy as np
 
 from moe_jax.analysis.scoring import continuation_rows, example_rows, mean_response_nll
 from moe_jax.data.pipeline import prompt_ids
+from moe_jax.data.splits import load_data
 from moe_jax.data.tasks.base import field
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.infer.generate import generate
 from moe_jax.infer.watermark import Watermark, detect
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import load_data
 
 
 def z_threshold(fpr: float) -> float:
