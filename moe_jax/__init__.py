@@ -13,28 +13,32 @@ subpackage), lazy imports inside functions included (tests/test_layering.py chec
                 tasks, tokenizers, TFDS, grain | mesh, sharding rules, multi-host |
                 MLA cache, sampler, continuous batching | HF safetensors in and out, model dirs,
                 the quantised-export format and its reader
+    analysis/   reading a model: held-out exact match, teacher-forced scores, the membership
+                attack, the watermark study, slip counts (given a loaded model and records)
     train/      TrainState, the pure step, the training loop, checkpoints, metrics, figures,
                 and the one loader of a finished run's model (train/loader.py)
     quant/ lora/ distill/
                 which weights to quantise, writing quantised exports | LoRA, QLoRA | distillation
     rl/         GRPO family: losses, rollouts, learner, loop
     grm/        the generative reward model (SPCT) and its inference-time scaling
-    jobs/ serve/ analysis/
+    jobs/ serve/
                 named runs and the recipes experiments build on | OpenAI-compatible server,
-                exported artefacts | reading finished runs
+                exported artefacts
     sweeps/     an experiment's sweep() x seeds run as jobs, and the table and figures of
                 their Summaries (below jobs/: it reads what every job records)
     main.py cli/  python -m moe_jax.main, the moe-jax command
 
-One change to the plainest order, on purpose: rl/ sits below grm/ because the GRM is
-itself trained with GRPO, so peers in a row never import each other. The one loader in
-train/ reads quantised exports through interop/ (the format) and layers/ (the numerics),
-never quant/, which only decides what to quantise and writes. LAYERS below is the order
-as data.
+Two changes to the plainest order, on purpose, so that peers in a row never import each
+other: analysis/ has a row of its own under data/ and infer/, whose records and sampler
+it reads (training evaluates with its exact match), and rl/ sits below grm/ because the
+GRM is itself trained with GRPO. Analyses take a loaded model and never load one: the
+caller does (train.loader, data.splits). The one loader in train/ reads quantised exports
+through interop/ (the format) and layers/ (the numerics), never quant/, which only
+decides what to quantise and writes. LAYERS below is the order as data.
 """
 
 LAYERS = (
     ("layers",), ("moe",), ("models",), ("config",), ("data", "parallel", "infer", "interop"),
-    ("train",), ("quant", "lora", "distill"), ("rl",), ("grm",), ("jobs", "serve", "analysis"),
+    ("analysis",), ("train",), ("quant", "lora", "distill"), ("rl",), ("grm",), ("jobs", "serve"),
     ("sweeps",), ("main", "cli"),
 )

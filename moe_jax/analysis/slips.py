@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import re
 
+from moe_jax.analysis.exact_match import exact_match
 from moe_jax.data.tasks import get_task
 from moe_jax.data.tasks.arithmetic import extract_answer, worked_solution
 from moe_jax.data.tokenizer import get_tokenizer
-from moe_jax.train.evaluate import exact_match
 
 _TERM = re.compile(r"([+-]?)(\d+)")
 

@@ -42,9 +42,9 @@ def _held_out(config, workdir: str):
 def quantize_and_measure(config, checkpoint: str, out: str, bits: list[int], group_size: int,
                          num_eval: int, log=print) -> list[dict]:
     """The whole command as a function: one row per checkpoint (float32 first)."""
+    from moe_jax.analysis.exact_match import exact_match
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.quant.checkpoint import save_quantized
-    from moe_jax.train.evaluate import exact_match
     from moe_jax.train.loader import load_model
 
     loaded = load_model(checkpoint, config.model, log=log)

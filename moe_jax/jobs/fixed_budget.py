@@ -14,9 +14,9 @@ import os
 import jax
 import numpy as np
 
+from moe_jax.analysis.exact_match import exact_match
 from moe_jax.data.pipeline import train_dataset
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, save_converted
-from moe_jax.train.evaluate import exact_match
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.loader import load_model
 from moe_jax.train.losses import LossWeights

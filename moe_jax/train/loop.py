@@ -21,6 +21,7 @@ import grain
 import jax
 import ml_collections
 
+from moe_jax.analysis.exact_match import exact_match
 from moe_jax.config import validate
 from moe_jax.data.pipeline import train_dataset
 from moe_jax.data.prefetch import Prefetch
@@ -30,7 +31,6 @@ from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.dp_step import dp_optimizer, make_dp_train_step
-from moe_jax.train.evaluate import exact_match
 from moe_jax.train.losses import LossWeights
 from moe_jax.train.optimizer import make_optimizer, validate_optimizer_config
 from moe_jax.train.placement import Placement
