@@ -128,7 +128,7 @@ def speculative_figures(args):
     from moe_jax.data.pipeline import eval_batches
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.train.loader import load_model, read_run_config
-    from moe_jax.train.loop import load_data
+    from moe_jax.data.splits import load_data
 
     config = load_config(args.config) if args.config else read_run_config(args.checkpoint)
     if config is None:

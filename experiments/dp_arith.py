@@ -26,7 +26,10 @@ runlocal (seconds: a smoke run of the plumbing).
 """
 
 from moe_jax.analysis.membership import membership_attack
+from moe_jax.data.splits import load_data
+from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.jobs import Summary, get_job, recipes
+from moe_jax.train.loader import load_model
 from moe_jax.train.privacy import dp_config
 
 VARIANTS = ("eps1", "eps8", "inf", "clip", "runlocal")
@@ -71,7 +74,10 @@ def get_config(arg=None):
 def run(config, workdir, log=print):
     """The pretrain job, then the membership attack on what it trained."""
     trained = get_job("pretrain").run(config, workdir, experiment=None, log=log)
-    attack = membership_attack(config, workdir, num_examples=config.eval.membership_examples, log=log)
+    model = load_model(workdir, config.model, log=log)
+    train, held_out = load_data(config, workdir)
+    attack = membership_attack(model, train, held_out, get_tokenizer(config.data.tokenizer),
+                               config.data.seq_len, num_examples=config.eval.membership_examples)
     epsilon = trained.details.get("dp", {}).get("epsilon", float("inf"))
     log(f"epsilon {epsilon:.3g}: held-out exact match {trained.value:.1%}, membership AUC "
         f"{attack['auc']:.3f} (loss {attack['member_loss']:.3f} on training problems, "

@@ -29,8 +29,11 @@ Results: experiments/RESULTS.md.
 import ml_collections
 
 from moe_jax.analysis.watermark_eval import watermark_study
+from moe_jax.data.splits import load_data
+from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.infer.watermark import watermark_config
 from moe_jax.jobs import Summary, get_job, recipes
+from moe_jax.train.loader import load_model
 
 VARIANTS = ("tiny", "runlocal")
 
@@ -81,7 +84,10 @@ def run(config, workdir, log=print):
     """The pretrain job (the language model), then the watermark study on it."""
     trained = get_job("pretrain").run(config, workdir, experiment=None, log=log)
     s = config.eval.watermark
-    result = watermark_study(config, workdir, s, log=log)
+    model = load_model(workdir, config.model, log=log)
+    _, held_out = load_data(config, workdir)
+    result = watermark_study(model, held_out, get_tokenizer(config.data.tokenizer), config.data.seq_len,
+                             s, log=log)
     strongest = result["deltas"][-1]
     return Summary(job="watermark", metric=f"detection at FPR {s.fpr:g} (delta {strongest['delta']:g})",
                    value=strongest["detection_rate"], steps=trained.steps, seconds=trained.seconds,

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import pytest
 from flax import linen as nn
 
-from helpers import outside_env
+from helpers import REPO, outside_env
 from moe_jax.config import load_config
 from moe_jax.interop.checkpoint import save_converted
 from moe_jax.models.transformer import Transformer
@@ -83,6 +83,26 @@ def test_convert_sample_quantize_and_export_a_model_directory(outside):
     assert os.path.exists(outside / "art" / "manifest.json")
     shutil.rmtree(outside / "art")
 
+
+
+def test_heldout_loss_and_slips_read_a_model_directory(outside):
+    # The micro model directory records no run config: --config names the experiment, its
+    # data generated small into outside/data (rows of 64 tokens, what the model reads).
+    data = ["--config.data.num_train=32", "--config.data.num_test=16", "--config.data.data_dir=data",
+            "--config.data.seq_len=64"]
+    loss = json.loads(run(["heldout-loss", "--workdir", "model", "--batches", "1", "--batch-size", "4",
+                           "--config", f"{REPO}/experiments/pretrain_arith.py:tiny"] + data,
+                           outside).splitlines()[-1])
+    # An untrained model's near-uniform logits over the 128-entry table: CE near ln 128 = 4.85.
+    assert loss["step"] is None and loss["batches"] == 1 and abs(loss["heldout_ce"] - 4.85) < 0.5
+    counts = json.loads(run(["slips", "model", "--examples", "4", "--json", "--config.eval.batch_size=4",
+                             "--config.eval.max_new_tokens=4",
+                             "--config", f"{REPO}/experiments/sft_reasoning.py:slip"] + data,
+                             outside).splitlines()[-1])
+    assert counts["problems"] == 4 and counts["right"] + counts["slip"] + counts["other"] == 4
+    out = subprocess.run(moe_jax_command() + ["slips", "model"], cwd=outside, env=outside_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "records no config.json" in out.stderr
 
 def test_serve_answers_health(outside):
     proc = subprocess.Popen(moe_jax_command() + ["serve", "--checkpoint", "model", "--port", "0",

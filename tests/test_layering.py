@@ -88,8 +88,8 @@ def test_a_reintroduced_upward_import_is_caught(tmp_path):
         f.write(textwrap.dedent("""
 
             def _block():
-                from moe_jax.quant.weights import BITS
-                return BITS
+                from moe_jax.quant.weights import quantize_tree
+                return quantize_tree
         """))
     # And a peer import inside one row, by string.
     with open(copy / "rl" / "rewards.py", "a") as f:

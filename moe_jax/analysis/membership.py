@@ -7,7 +7,9 @@ attack's strength is the AUC of -loss as a member score (0.5: no better than a c
 1.0: the model gives away its training set), the figure differential privacy should
 push towards 0.5 as epsilon falls.
 
-    attack = membership_attack(config, workdir, num_examples=500)
+    model = load_model(workdir, config.model)        # moe_jax.train.loader
+    train, held_out = load_data(config, workdir)     # moe_jax.data.splits
+    attack = membership_attack(model, train, held_out, tokenizer, seq_len, num_examples=500)
     attack["auc"], attack["member_loss"], attack["nonmember_loss"]
 
 An example's loss is its mean response-token cross-entropy, as training scored it (the
@@ -20,9 +22,6 @@ from __future__ import annotations
 import numpy as np
 
 from moe_jax.analysis.scoring import example_rows, mean_response_nll
-from moe_jax.data.tokenizer import get_tokenizer
-from moe_jax.train.loader import load_model
-from moe_jax.train.loop import load_data
 
 
 def auc(member_scores, nonmember_scores) -> float:
@@ -47,16 +46,13 @@ def best_advantage(member_scores, nonmember_scores) -> float:
     return float(max(0.0, np.max((tpr - fpr)[ends])))
 
 
-def membership_attack(config, workdir: str, num_examples: int = 500, log=print) -> dict:
-    """The attack on the run in `workdir` (its newest checkpoint), with the first
-    `num_examples` training examples as members and as many held-out ones as non-members."""
-    loaded = load_model(workdir, config.model, log=log)
-    tokenizer = get_tokenizer(config.data.tokenizer)
-    train, test = load_data(config, workdir)
-    n = min(num_examples, len(train), len(test))
-    members, others = (mean_response_nll(loaded.model_config, loaded.params, loaded.router_bias,
-                                         example_rows([split[i] for i in range(n)], tokenizer,
-                                                      config.data.seq_len))
-                       for split in (train, test))
-    return {"auc": auc(-members, -others), "advantage": best_advantage(-members, -others),
-            "member_loss": float(members.mean()), "nonmember_loss": float(others.mean()), "examples": n}
+def membership_attack(model, members, nonmembers, tokenizer, seq_len: int, num_examples: int = 500) -> dict:
+    """The attack on `model` (a loaded model: model_config, params, router_bias) with the
+    first `num_examples` records of `members` (its training split) as members and as many
+    of `nonmembers` (held out) as non-members, each tokenized into a row of `seq_len`."""
+    n = min(num_examples, len(members), len(nonmembers))
+    inside, outside = (mean_response_nll(model.model_config, model.params, model.router_bias,
+                                         example_rows([split[i] for i in range(n)], tokenizer, seq_len))
+                       for split in (members, nonmembers))
+    return {"auc": auc(-inside, -outside), "advantage": best_advantage(-inside, -outside),
+            "member_loss": float(inside.mean()), "nonmember_loss": float(outside.mean()), "examples": n}

@@ -10,18 +10,21 @@ problems, how many greedy answers are
               (and that differs from the true value)
     other     anything else, malformed answers included
 
-    python -m moe_jax.analysis.slips WORKDIR [CONFIG] [NUM_EXAMPLES]
+    counts, problems = greedy_slip_counts(model, held_out, config)
 
-WORKDIR is a training or GRPO run (its newest checkpoint is read); CONFIG is the
-experiment it ran (default: the config the run recorded in WORKDIR/config.json).
+`model` is a loaded model (moe_jax.train.loader), `held_out` its run's held-out records
+(moe_jax.data.splits) and `config` the run's config. From the command line:
+`moe-jax slips WORKDIR [--config X] [--examples N]`.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 
+from moe_jax.analysis.exact_match import exact_match
+from moe_jax.data.tasks import get_task
 from moe_jax.data.tasks.arithmetic import extract_answer, worked_solution
+from moe_jax.data.tokenizer import get_tokenizer
 
 _TERM = re.compile(r"([+-]?)(\d+)")
 
@@ -56,47 +59,16 @@ def slip_counts(records) -> dict[str, int]:
     return counts
 
 
-def run_slip_counts(workdir: str, config=None, num_examples: int | None = None) -> tuple[dict, int]:
-    """Greedy answers of the newest model in `workdir` (a training or GRPO run) to the
-    first `num_examples` held-out problems of `config` (default: the config the run
-    recorded; its eval.final_num_examples), classified: -> (slip_counts, problems)."""
-    from moe_jax.data.tasks import get_task
-    from moe_jax.data.tokenizer import get_tokenizer
-    from moe_jax.train.evaluate import exact_match
-    from moe_jax.train.loader import load_model, read_run_config
-    from moe_jax.train.loop import load_data
-
-    config = config if config is not None else read_run_config(workdir)
-    if config is None:
-        raise FileNotFoundError(f"{workdir} records no config.json: name the experiment it ran (CONFIG)")
+def greedy_slip_counts(model, held_out, config, num_examples: int | None = None) -> tuple[dict, int]:
+    """Greedy answers of `model` (model_config, params, router_bias) to the first
+    `num_examples` of the `held_out` records (default: config.eval.final_num_examples),
+    decoded as `config` evaluates (data.task, data.tokenizer, eval.batch_size,
+    eval.max_new_tokens) and classified: -> (slip_counts, problems)."""
     n = num_examples or config.eval.final_num_examples
-    loaded = load_model(workdir, config.model)
-    tokenizer = get_tokenizer(config.data.tokenizer)
-    _, test = load_data(config, workdir)
     task = get_task(config.data.task)
-    answers = {e.prompt: e.answer for e in (task.from_record(test[i]) for i in range(len(test)))}
-    _, count, shown = exact_match(config.model, loaded.params, loaded.router_bias, test, tokenizer,
-                                  task=config.data.task, num_examples=n,
-                                  batch_size=config.eval.batch_size,
+    answers = {e.prompt: e.answer for e in (task.from_record(held_out[i]) for i in range(len(held_out)))}
+    _, count, shown = exact_match(model.model_config, model.params, model.router_bias, held_out,
+                                  get_tokenizer(config.data.tokenizer), task=config.data.task,
+                                  num_examples=n, batch_size=config.eval.batch_size,
                                   max_new_tokens=config.eval.max_new_tokens, show=n)
     return slip_counts((p, answers[p], r) for p, r, _ in shown), count
-
-
-def main(argv):
-    from moe_jax.config import load_config
-
-    if not 1 <= len(argv) <= 3:
-        raise SystemExit(__doc__)
-    workdir = argv[0]
-    config = load_config(argv[1]) if len(argv) > 1 else None
-    try:
-        counts, count = run_slip_counts(workdir, config, int(argv[2]) if len(argv) > 2 else None)
-    except FileNotFoundError as e:
-        raise SystemExit(str(e)) from None
-    print(f"{workdir}, {count} held-out problems: "
-          + ", ".join(f"{k} {v} ({v / count:.1%})" for k, v in counts.items()))
-    return counts
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -1,11 +1,12 @@
 """How well the sampler's watermark is found, and what it costs, on a finished run.
 
-    result = watermark_study(config, workdir, settings)
+    result = watermark_study(model, held_out, tokenizer, seq_len, settings)
 
-`settings` is a `watermark` section (key, gamma, context; moe_jax.infer.watermark) with
-the study's fields: deltas, texts, null_texts, length, temperature, fpr, batch_size,
-heldout_examples. From the run's held-out prompts, the model samples `length` new
-tokens at `temperature`: `null_texts` texts without a watermark and `texts` with each
+`model` is a loaded model (model_config, params, router_bias; moe_jax.train.loader),
+`held_out` the run's held-out records (moe_jax.data.splits). `settings` is a `watermark`
+section (key, gamma, context; moe_jax.infer.watermark) with the study's fields: deltas,
+texts, null_texts, length, temperature, fpr, batch_size, heldout_examples. From the
+held-out prompts, the model samples `length` new tokens at `temperature`: `null_texts` texts without a watermark and `texts` with each
 delta. Every text is scored by the detector
 (moe_jax.infer.watermark.detect, each (context, token) pair once) and called
 watermarked when z exceeds the threshold of a one-sided p-value `fpr` under the null,
@@ -33,11 +34,8 @@ import numpy as np
 from moe_jax.analysis.scoring import continuation_rows, example_rows, mean_response_nll
 from moe_jax.data.pipeline import prompt_ids
 from moe_jax.data.tasks.base import field
-from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.infer.generate import generate
 from moe_jax.infer.watermark import Watermark, detect
-from moe_jax.train.loader import load_model
-from moe_jax.train.loop import load_data
 
 
 def z_threshold(fpr: float) -> float:
@@ -86,20 +84,18 @@ def heldout_perplexity(loaded, rows, tokenizer, watermark=None) -> float:
     return float(np.exp(np.sum(nll * tokens) / tokens.sum()))
 
 
-def watermark_study(config, workdir: str, settings, log=print) -> dict:
+def watermark_study(model, held_out, tokenizer, seq_len: int, settings, log=print) -> dict:
+    """The study of the module docstring on `model`, prompted with `held_out` records."""
     w = settings
     deltas, texts, null_texts, length = tuple(w.deltas), w.texts, w.null_texts, w.length
     temperature, fpr, batch_size = w.temperature, w.fpr, w.batch_size
-    loaded = load_model(workdir, config.model, log=log)
-    tokenizer = get_tokenizer(config.data.tokenizer)
-    _, test = load_data(config, workdir)
-    prompts = [prompt_ids(tokenizer, field(test[i], "prompt")) for i in range(len(test))]
-    heldout = example_rows([test[i] for i in range(min(w.heldout_examples, len(test)))], tokenizer,
-                           config.data.seq_len)
+    prompts = [prompt_ids(tokenizer, field(held_out[i], "prompt")) for i in range(len(held_out))]
+    heldout_rows = example_rows([held_out[i] for i in range(min(w.heldout_examples, len(held_out)))],
+                           tokenizer, seq_len)
     threshold = z_threshold(fpr)
     scorer = Watermark(key=int(w.key), gamma=float(w.gamma), delta=0.0, context=int(w.context))
 
-    null = sample_texts(loaded, prompts, tokenizer, count=null_texts, length=length,
+    null = sample_texts(model, prompts, tokenizer, count=null_texts, length=length,
                         temperature=temperature, watermark=None, batch_size=batch_size, seed=0)
     null_z = np.array([detect(t, scorer).z for t in null])
     null_z_every = np.array([detect(t, scorer, ignore_repeats=False).z for t in null])
@@ -110,23 +106,23 @@ def watermark_study(config, workdir: str, settings, log=print) -> dict:
                  "false_alarms": float(np.mean(null_z > threshold)), "max_z": float(np.nanmax(null_z)),
                  "z_mean": float(np.nanmean(null_z)), "z_std": float(np.nanstd(null_z)),
                  "z_std_counting_repeats": float(np.nanstd(null_z_every)),
-                 "heldout_ppl": heldout_perplexity(loaded, heldout, tokenizer),
-                 "sample_ppl": sample_perplexity(loaded, prompts, null, tokenizer, config.data.seq_len)},
+                 "heldout_ppl": heldout_perplexity(model, heldout_rows, tokenizer),
+                 "sample_ppl": sample_perplexity(model, prompts, null, tokenizer, seq_len)},
         "deltas": [],
     }
     log(f"no watermark: {len(null)} texts, z {result['null']['z_mean']:.2f} +- "
         f"{result['null']['z_std']:.2f}, false alarms {result['null']['false_alarms']:.2%}")
     for i, delta in enumerate(deltas):
         mark = Watermark(key=int(w.key), gamma=float(w.gamma), delta=float(delta), context=int(w.context))
-        marked = sample_texts(loaded, prompts, tokenizer, count=texts, length=length,
+        marked = sample_texts(model, prompts, tokenizer, count=texts, length=length,
                               temperature=temperature, watermark=mark, batch_size=batch_size, seed=i + 1)
         z = np.array([detect(t, scorer).z for t in marked])
         row = {"delta": float(delta), "texts": len(marked),
                "mean_tokens": float(np.mean([len(t) for t in marked])),
                "detection_rate": float(np.mean(z > threshold)), "z_median": float(np.nanmedian(z)),
                "detected_above_max_null": float(np.mean(z > result["null"]["max_z"])),
-               "heldout_ppl": heldout_perplexity(loaded, heldout, tokenizer, watermark=mark),
-               "sample_ppl": sample_perplexity(loaded, prompts, marked, tokenizer, config.data.seq_len)}
+               "heldout_ppl": heldout_perplexity(model, heldout_rows, tokenizer, watermark=mark),
+               "sample_ppl": sample_perplexity(model, prompts, marked, tokenizer, seq_len)}
         result["deltas"].append(row)
         log(f"delta {delta}: detection {row['detection_rate']:.1%} at z > {threshold:.2f}, held-out "
             f"ppl {row['heldout_ppl']:.3f} (plain {result['null']['heldout_ppl']:.3f}), sample ppl "

@@ -1,4 +1,4 @@
-"""The `moe-jax` command: inspect configs, convert, quantise and sample models.
+"""The `moe-jax` command: inspect configs, convert, quantise and sample models, read finished runs.
 
     moe-jax params --config deepseek_v3 [--json]
     moe-jax demo [--seconds 60]
@@ -11,6 +11,8 @@
     moe-jax sweep EXPERIMENT.py:variant --root DIR [--seeds N] [--parallel P] [--dry-run]
     moe-jax report DIR
     moe-jax compare WORKDIR [WORKDIR ...] [--out compare.png]
+    moe-jax heldout-loss --workdir WORKDIR [--config X] [--batches 8]
+    moe-jax slips WORKDIR [--config X] [--examples N]
     moe-jax watermark detect --key K [--gamma 0.25 --context 1] TEXT_OR_FILE
 
 Every subcommand that takes --config also takes overrides of its fields as
@@ -29,18 +31,21 @@ from moe_jax.cli.compare import add_compare_command
 from moe_jax.cli.convert import add_convert_command
 from moe_jax.cli.demo import add_demo_command
 from moe_jax.cli.export import add_export_command
+from moe_jax.cli.heldout_loss import add_heldout_loss_command
 from moe_jax.cli.params import add_params_command
 from moe_jax.cli.plan import add_plan_command
 from moe_jax.cli.quantize import add_quantize_command
 from moe_jax.cli.report import add_report_command
 from moe_jax.cli.sample import add_sample_command
 from moe_jax.cli.serve import add_serve_command
+from moe_jax.cli.slips import add_slips_command
 from moe_jax.cli.sweep import add_sweep_command
 from moe_jax.cli.watermark import add_watermark_command
 
 COMMANDS = (add_params_command, add_demo_command, add_plan_command, add_convert_command,
             add_sample_command, add_quantize_command, add_serve_command, add_export_command,
-            add_sweep_command, add_report_command, add_compare_command, add_watermark_command)
+            add_sweep_command, add_report_command, add_compare_command, add_heldout_loss_command,
+            add_slips_command, add_watermark_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,3 +40,19 @@ def watermark_from_args(args):
 
     return Watermark(key=args.watermark_key, gamma=args.watermark_gamma, delta=args.watermark_delta,
                      context=args.watermark_context)
+
+
+def run_config(args, workdir: str):
+    """The config a finished run is read with: --config (with its overrides), else the one
+    the run recorded in its workdir with the overrides applied; FileNotFoundError if neither."""
+    from moe_jax.config import apply_override, load_config
+    from moe_jax.train.loader import read_run_config
+
+    if args.config:
+        return load_config(args.config, args.override)
+    config = read_run_config(workdir)
+    if config is None:
+        raise FileNotFoundError(f"{workdir} records no config.json: name the experiment it ran (--config)")
+    for override in args.override:
+        apply_override(config, override)
+    return config

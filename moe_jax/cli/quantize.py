@@ -4,7 +4,7 @@
         --out QROOT [--bits 8,4] [--group-size 128] [--eval 500] [--json]
 
 Writes QROOT/float32 (the same layout unquantised: the byte baseline) and QROOT/int<b>
-for each requested width (see moe_jax.quant.checkpoint), then reports per checkpoint the
+for each requested width (the format: moe_jax.interop.quantized), then reports per checkpoint the
 bytes of its tensor file, the ratio to float32 and, with --eval N, the held-out exact
 match on N problems of the config's task, decoded greedily from the checkpoint as
 written (read back and dequantised). Held-out problems come from the config's data
@@ -42,9 +42,9 @@ def _held_out(config, workdir: str):
 def quantize_and_measure(config, checkpoint: str, out: str, bits: list[int], group_size: int,
                          num_eval: int, log=print) -> list[dict]:
     """The whole command as a function: one row per checkpoint (float32 first)."""
+    from moe_jax.analysis.exact_match import exact_match
     from moe_jax.data.tokenizer import get_tokenizer
     from moe_jax.quant.checkpoint import save_quantized
-    from moe_jax.train.evaluate import exact_match
     from moe_jax.train.loader import load_model
 
     loaded = load_model(checkpoint, config.model, log=log)

@@ -47,7 +47,8 @@ def load_served(args, quantize: bool = False):
     """-> (model config, params, router_bias, tokenizer name) as `moe-jax sample` loads
     them; quantize: the weights rounded through weight-only int8."""
     from moe_jax.cli.sample import load_for_sampling
-    from moe_jax.quant.weights import dequantize_tree, quantize_tree
+    from moe_jax.layers.int_quant import dequantize_tree
+    from moe_jax.quant.weights import quantize_tree
 
     model_config, params, router_bias, tokenizer = load_for_sampling(args)
     if quantize:

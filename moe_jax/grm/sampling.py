@@ -10,12 +10,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from moe_jax.analysis.exact_match import decode_response
 from moe_jax.grm.format import META_NO, META_YES
 from moe_jax.infer.cache import init_cache
 from moe_jax.infer.generate import generate, prefill
 from moe_jax.infer.rows import gather_rows, place_rows, sampling_context
 from moe_jax.rl.rollout import left_padded_prompts
-from moe_jax.train.evaluate import decode_response
 
 
 def _batches(rows: int, batch_size: int):

@@ -16,6 +16,7 @@ import os
 import time
 
 
+from moe_jax.data.splits import load_data
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.distill.schedule import SCHEDULES, temperature_schedule
 from moe_jax.distill.step import make_distill_train_step
@@ -65,7 +66,7 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
     log(placement.describe())
     t0 = time.time()
     tokenizer = get_tokenizer(c.data.tokenizer)
-    train_source, test_source = fb.task_splits(c, c.data.difficulty, workdir)
+    train_source, test_source = load_data(c, workdir)
     t_params, t_bias, teacher_seconds = teacher(c, workdir, tokenizer, train_source, log, placement)
     teacher_acc, count = fb.accuracy(c, c.model, t_params, t_bias, test_source, tokenizer, placement)
     log(f"teacher: {teacher_acc:.1%} held-out exact match")

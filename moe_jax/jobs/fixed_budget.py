@@ -14,28 +14,17 @@ import os
 import jax
 import numpy as np
 
+from moe_jax.analysis.exact_match import exact_match
 from moe_jax.data.pipeline import train_dataset
-from moe_jax.data.tfds_builders import load_task_split
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, save_converted
-from moe_jax.train.evaluate import exact_match
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import primary_first
 from moe_jax.train.losses import LossWeights
 from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.placement import replicate_to_host
 from moe_jax.train.state import TrainState, create_train_state
 from moe_jax.train.step import make_train_step
 from moe_jax.train.trainer import LoopSettings, Trainer
-
-
-def task_splits(config, difficulty, workdir: str):
-    """(train, test) sources of config.data's task at `difficulty` (generated once)."""
-    d = config.data
-    data_dir = d.data_dir or os.path.join(workdir, "data")
-    args = dict(num_train=d.num_train, num_test=d.num_test, seed=d.seed, **difficulty)
-    return primary_first(lambda: (load_task_split(d.task, "train", data_dir, **args),
-                                  load_task_split(d.task, "test", data_dir, **args)))
 
 
 def batches(config, source, tokenizer, seed: int):

@@ -17,6 +17,7 @@ import time
 
 import jax
 
+from moe_jax.data.splits import load_data
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.jobs import fixed_budget as fb
 from moe_jax.jobs.pretrain import validate as validate_training
@@ -61,8 +62,8 @@ def run(c, workdir: str, *, experiment=None, log=print) -> Summary:
     tokenizer = get_tokenizer(c.data.tokenizer)
     model = Transformer.from_config(c.model)
     weights = LossWeights.from_config(c.model)
-    pre_train, pre_test = fb.task_splits(c, c.data.difficulty, workdir)
-    shift_train, shift_test = fb.task_splits(c, c.data.shifted_difficulty, workdir)
+    pre_train, pre_test = load_data(c, workdir)
+    shift_train, shift_test = load_data(c, workdir, difficulty=c.data.shifted_difficulty)
 
     base, router_bias, pre_seconds = _base(c, workdir, tokenizer, pre_train, log, placement)
     pre_acc, _ = fb.accuracy(c, c.model, base, router_bias, pre_test, tokenizer, placement)

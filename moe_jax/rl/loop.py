@@ -27,6 +27,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from moe_jax.analysis.exact_match import exact_match
+from moe_jax.data.splits import load_data
 from moe_jax.data.tasks import get_task
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.infer.watermark import Watermark
@@ -35,9 +37,8 @@ from moe_jax.models.transformer import Transformer
 from moe_jax.rl.grpo import IMPORTANCE, GRPOConfig
 from moe_jax.rl.iteration import GRPOIteration, check_rows
 from moe_jax.rl.rewards import task_rewards
-from moe_jax.train.evaluate import exact_match
 from moe_jax.train.loader import load_model
-from moe_jax.train.loop import load_data, log_placement, optimizer_config
+from moe_jax.train.loop import log_placement, optimizer_config
 from moe_jax.train.metrics import read_metrics
 from moe_jax.train.optimizer import make_optimizer
 from moe_jax.train.placement import Placement

@@ -17,11 +17,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from moe_jax.analysis.exact_match import decode_response
 from moe_jax.data.pipeline import prompt_ids
 from moe_jax.infer.generate import generate
 from moe_jax.rl.grpo import group_advantages, group_is_informative
 from moe_jax.rl.policy import rollout_layout
-from moe_jax.train.evaluate import decode_response
 
 RewardFn = Callable[[Sequence, Sequence[str]], dict]
 

@@ -15,7 +15,7 @@ of `context` tokens (infer/cache.py), with the weights as their first argument, 
     decode(weights, cache, tokens int32 [B])                  -> (logits [B, V], cache)
 
 `cache` is a list of arrays to pass back unchanged. Quantised weights are dequantised
-inside both functions, exactly as `quant.weights.dequantize` does on load.
+inside both functions, exactly as `layers.int_quant.dequantize` does on load.
 
 Batch and prompt length: `batch=None` exports B and P symbolic (any batch, any P up to
 the context). The dropless dispatch sizes its expert tiles from the static token count,
@@ -40,7 +40,8 @@ from flax import traverse_util
 from moe_jax.data.tokenizer import CharTokenizer
 from moe_jax.infer.cache import KVCache, init_cache
 from moe_jax.infer.generate import extend, inference_config, prefill
-from moe_jax.quant.weights import QuantizedTensor, dequantize, quantize_tree
+from moe_jax.layers.int_quant import QuantizedTensor, dequantize
+from moe_jax.quant.weights import quantize_tree
 
 FORMAT_VERSION = 1
 LOADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standalone_loader.py")

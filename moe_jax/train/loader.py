@@ -12,7 +12,7 @@ the path:
                             phase of the GRM pipeline, a saved teacher or base model);
                             see moe_jax.interop.checkpoint
     a quantised export      `quantization.json` + safetensors (`moe-jax quantize`),
-                            dequantised on load; see moe_jax.quant.checkpoint
+                            dequantised on load; see moe_jax.interop.quantized
 
 Nothing is moved, changed or deleted: a checkpoint that cannot be read is an error
 naming the path and why. A model directory brings its own model config; the caller's
@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted
-from moe_jax.quant.checkpoint import is_quantized_checkpoint, load_quantized
+from moe_jax.interop.quantized import is_quantized_checkpoint, load_quantized
 from moe_jax.train import run_config
 from moe_jax.train.checkpoint import CHECKPOINT_DIR, Checkpointer, CorruptCheckpointError
 from moe_jax.train.run_config import RUN_CONFIG_FILE

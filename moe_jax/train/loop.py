@@ -21,16 +21,16 @@ import grain
 import jax
 import ml_collections
 
+from moe_jax.analysis.exact_match import exact_match
 from moe_jax.config import validate
 from moe_jax.data.pipeline import train_dataset
 from moe_jax.data.prefetch import Prefetch
+from moe_jax.data.splits import load_data
 from moe_jax.data.tasks import get_task
-from moe_jax.data.tfds_builders import load_task_split
 from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.train.dp_step import dp_optimizer, make_dp_train_step
-from moe_jax.train.evaluate import exact_match
 from moe_jax.train.losses import LossWeights
 from moe_jax.train.optimizer import make_optimizer, validate_optimizer_config
 from moe_jax.train.placement import Placement
@@ -62,39 +62,6 @@ def validate_training_config(config: ml_collections.ConfigDict, process_count: i
     get_task(d.task)  # unknown task names fail here, naming the choices
     validate_optimizer_config(config.optimizer)
     check_dp_config(config)
-
-
-def _check_dataset_fields(source, task: str):
-    record = source[0]
-    required = ("prompt", "solution", "answer")
-    missing = [name for name in required if name not in record]
-    if missing:
-        raise KeyError(f"dataset for task {task!r} lacks field(s) {missing}; records have "
-                       f"{sorted(record)}")
-
-
-def primary_first(fn):
-    """fn() on process 0, then, once every process has waited for it, on the others: a
-    dataset generated into a shared directory is written once, not raced by every host
-    (on hosts with their own disks each still generates its copy)."""
-    if jax.process_count() == 1:
-        return fn()
-    from jax.experimental import multihost_utils  # the supported cross-process barrier
-
-    result = fn() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("moe_jax: process 0 prepared the data")
-    return result if jax.process_index() == 0 else fn()
-
-
-def load_data(config, workdir):
-    d = config.data
-    data_dir = d.data_dir or os.path.join(workdir, "data")
-    split_args = dict(num_train=d.num_train, num_test=d.num_test, seed=d.seed, **d.difficulty)
-    train_source, test_source = primary_first(lambda: (
-        load_task_split(d.task, "train", data_dir, **split_args),
-        load_task_split(d.task, "test", data_dir, **split_args)))
-    _check_dataset_fields(train_source, d.task)
-    return train_source, test_source
 
 
 def read_options(data_config) -> grain.ReadOptions | None:

@@ -12,7 +12,8 @@ import pytest
 from moe_jax.cli import main
 from moe_jax.data.tokenizer import CharTokenizer
 from moe_jax.infer.generate import generate
-from moe_jax.quant.weights import dequantize_tree, quantize_tree
+from moe_jax.layers.int_quant import dequantize_tree
+from moe_jax.quant.weights import quantize_tree
 from moe_jax.train.loader import load_model
 
 PROMPTS = ("12+34=", "505-17=", "7=")

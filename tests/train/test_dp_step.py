@@ -11,9 +11,12 @@ import pytest
 from helpers import lm_batch, tiny_char_model
 from moe_jax.analysis.membership import membership_attack
 from moe_jax.config import load_config
+from moe_jax.data.splits import load_data
+from moe_jax.data.tokenizer import get_tokenizer
 from moe_jax.models.transformer import Transformer
 from moe_jax.train import loop
 from moe_jax.train.dp_step import NoiseKeyState, dp_aggregate, dp_optimizer, make_dp_train_step, per_example_grads
+from moe_jax.train.loader import load_model
 from moe_jax.train.losses import LossWeights
 from moe_jax.train.metrics import read_metrics
 from moe_jax.train.optimizer import default_optimizer_config, make_optimizer
@@ -149,6 +152,9 @@ def test_a_dp_run_on_a_mesh_resumed_matches_one_device_and_logs_its_epsilon(tmp_
     # The membership attack reads the finished run: its losses are mean response-token
     # cross-entropies of the 16 training and 16 held-out problems (a character model
     # barely trained: near log of the vocabulary, well above 0).
-    attack = membership_attack(config, str(tmp_path / "one"), num_examples=16, log=lambda *_: None)
+    model = load_model(str(tmp_path / "one"), config.model, log=lambda *_: None)
+    train, held_out = load_data(config, str(tmp_path / "one"))
+    attack = membership_attack(model, train, held_out, get_tokenizer(config.data.tokenizer),
+                               config.data.seq_len, num_examples=16)
     assert attack["examples"] == 16 and 0.0 <= attack["auc"] <= 1.0
     assert 0.5 < attack["member_loss"] < 10 and 0.5 < attack["nonmember_loss"] < 10

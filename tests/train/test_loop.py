@@ -14,6 +14,7 @@ import pytest
 
 from helpers import MAIN_JOB_MICRO as MICRO, main_command, outside_env
 from moe_jax.config import load_config
+from moe_jax.data import splits
 from moe_jax.models.config import ConfigError
 from moe_jax.train import loop
 from moe_jax.train.metrics import read_metrics
@@ -95,7 +96,7 @@ def test_nan_loss_stops_with_the_step_and_the_quantity(tmp_path):
 
 
 def test_missing_dataset_field_fails_before_any_model_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(loop, "load_task_split", lambda *a, **k: [{"prompt": "1+1=", "answer": "2"}])
+    monkeypatch.setattr(splits, "load_task_split", lambda *a, **k: [{"prompt": "1+1=", "answer": "2"}])
 
     def no_compute(*args, **kwargs):
         raise AssertionError("model state was built before the dataset was checked")

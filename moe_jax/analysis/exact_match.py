@@ -29,8 +29,9 @@ def exact_match(model_config, params, router_bias, source, tokenizer, *, task: s
 
     Greedy decoding with the MLA latent cache; the generator switches the model to a
     dispatch that never drops a token (a dropped token would silently change an answer).
-    placement (moe_jax.train.placement.Placement): sample on its mesh, the rows split over
-    the batch axes, with the params where they are; every process evaluates every problem.
+    placement (a moe_jax.train.placement.Placement, which the training loops pass in):
+    sample on its mesh, the rows split over the batch axes, with the params where they
+    are; every process evaluates every problem.
     """
     verifier = get_task(task)
     sample = generate if placement is None else functools.partial(placement.generate, generate)

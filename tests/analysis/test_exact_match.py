@@ -1,5 +1,5 @@
+from moe_jax.analysis.exact_match import decode_response
 from moe_jax.data.tokenizer import CharTokenizer
-from moe_jax.train.evaluate import decode_response
 
 
 def test_decode_stops_at_eos_and_rejects_ids_past_the_vocabulary():
