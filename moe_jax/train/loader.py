@@ -30,6 +30,8 @@ import numpy as np
 
 from moe_jax.interop.checkpoint import MODEL_CONFIG_FILE, load_converted
 from moe_jax.interop.quantized import is_quantized_checkpoint, load_quantized
+from moe_jax.models.config import ConfigError
+from moe_jax.models.param_count import abstract_params
 from moe_jax.train import run_config
 from moe_jax.train.checkpoint import CHECKPOINT_DIR, Checkpointer, CorruptCheckpointError
 from moe_jax.train.run_config import RUN_CONFIG_FILE
@@ -126,5 +128,38 @@ def load_model(path: str, model_config=None, *, dtype=None, log=print) -> Loaded
         raise CorruptCheckpointError(f"{workdir} step {read_step} holds no 'params' (keys: {sorted(state)})")
     params = jax.tree.map(np.asarray, state["params"])
     router_bias = jax.tree.map(np.asarray, state.get("router_bias") or {})
+    _check_shapes(params, model_config, run_config, workdir)
     return LoadedModel(model_config, params, router_bias, "workdir", workdir, step=read_step,
                        run_config=run_config)
+
+
+def _shapes(model_config):
+    return jax.tree.map(lambda leaf: tuple(leaf.shape), abstract_params(model_config))
+
+
+def _check_shapes(params, model_config, run_config, workdir: str) -> None:
+    """A workdir read with the caller's model config must hold that model's parameters:
+    otherwise the caller's first use of them fails deep inside a tree map. The error names
+    each model field whose recorded value alone would change the parameter shapes."""
+    expected = _shapes(model_config)
+    if expected == jax.tree.map(np.shape, params):
+        return
+    recorded = run_config.model.to_dict() if run_config is not None and "model" in run_config else {}
+    shaping = []
+    for name, value in recorded.items():
+        if name in RUNTIME_FIELDS or model_config.get(name) == value:
+            continue
+        trial = ml_collections.ConfigDict(model_config.to_dict())
+        trial[name] = value
+        try:
+            if _shapes(trial) != expected:
+                shaping.append(name)
+        except (ValueError, TypeError):  # alone the recorded value is not a valid model: it shapes too
+            shaping.append(name)
+    if not shaping:
+        raise ConfigError("model", "(the section given)", f"the parameter shapes of the checkpoint in "
+                          f"{workdir} (its config.json is missing or does not match it)")
+    raise ConfigError(f"model.{shaping[0]}", model_config.get(shaping[0]), (
+        f"{recorded[shaping[0]]!r}, as the run in {workdir} trained it; fields that change the "
+        f"parameter shapes: " + ", ".join(f"model.{n} = {model_config.get(n)!r} vs {recorded[n]!r}"
+                                          for n in shaping)))

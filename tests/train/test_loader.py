@@ -10,6 +10,7 @@ import pytest
 
 from helpers import tiny_model_config
 from moe_jax.interop.checkpoint import save_converted
+from moe_jax.models.config import ConfigError
 from moe_jax.models.transformer import Transformer
 from moe_jax.quant.checkpoint import save_quantized
 from moe_jax.train.checkpoint import Checkpointer, CorruptCheckpointError
@@ -72,6 +73,22 @@ def test_a_workdir_brings_its_recorded_config_and_a_damaged_step_is_reported_not
     assert step_dir.exists() and not (tmp_path / "corrupt").exists()
     with pytest.raises(CorruptCheckpointError, match="step 2"):
         load_model(str(step_dir), **quiet)
+
+
+def test_a_workdir_read_with_another_models_config_names_the_fields_that_shape_it(tmp_path):
+    config = tiny_model_config(d_model=48)
+    _workdir(tmp_path, config)
+    with open(tmp_path / RUN_CONFIG_FILE, "w") as f:
+        json.dump({"model": config.to_dict(), "data": {"tokenizer": "char"}}, f)
+    asked = tiny_model_config(d_model=64)
+    asked.bias_update_rate = config.bias_update_rate + 0.5  # differs, but shapes nothing
+    with pytest.raises(ConfigError) as caught:
+        load_model(str(tmp_path), asked, **quiet)
+    message = str(caught.value)
+    assert caught.value.field == "model.d_model" and "= 64" in message and "48" in message
+    assert "bias_update_rate" not in message
+    # A caller's config that differs only in what shapes nothing reads the run.
+    assert load_model(str(tmp_path), tiny_model_config(d_model=48, bias_update_rate=0.5), **quiet).step == 2
 
 
 def test_a_model_directory_brings_its_config_and_keeps_the_callers_dtype(tmp_path):
