@@ -5,6 +5,22 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One persistent compilation cache per test process, inherited by the commands the tests
+# start: a run resumed, continued or rerun (in-process or as a new process) compiles the
+# same programs as the run before it, and reading them back costs a fraction of compiling
+# them again on a few cores. The directory is fresh each session (nothing carries over
+# between sessions or from a user's own cache) and removed at exit; each pytest worker has
+# its own, so no two workers write one entry.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="moe_jax_test_compile_cache_")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
