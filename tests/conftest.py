@@ -40,3 +40,16 @@ def _release_compiled_programs():
     programs, and keeping them all would grow one process to many GB on a 24 GB runner."""
     yield
     jax.clear_caches()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with the most `slow` tests first, the rest in their collected order, each
+    file's tests in their own order. Workers given whole files (`-n 2 --dist loadfile`)
+    take them in this order: a heavy file started last would run alone at the end."""
+    files = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    slow = {name: sum(item.get_closest_marker("slow") is not None for item in tests)
+            for name, tests in files.items()}
+    order = sorted(files, key=lambda name: -slow[name])  # sorted() is stable
+    items[:] = [item for name in order for item in files[name]]
