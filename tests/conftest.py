@@ -14,11 +14,13 @@ import tempfile  # noqa: E402
 # same programs as the run before it, and reading them back costs a fraction of compiling
 # them again on a few cores. The directory is fresh each session (nothing carries over
 # between sessions or from a user's own cache) and removed at exit; each pytest worker has
-# its own, so no two workers write one entry.
+# its own. A size limit turns on the cache's file lock, so processes that share one (a
+# sweep's parallel runs, two processes of one job) never read an entry half written.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _CACHE = tempfile.mkdtemp(prefix="moe_jax_test_compile_cache_")
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
