@@ -117,3 +117,17 @@ def main_command(workdir, data_dir, extra=()):
     flags = [f"--config.{o}" for o in MAIN_JOB_MICRO + [f"data.data_dir={data_dir}", *extra]]
     return [sys.executable, "-u", "-m", "moe_jax.main",
             f"--config={REPO}/experiments/pretrain_arith.py:tiny", f"--workdir={workdir}", *flags]
+
+
+def rewind(workdir, step):
+    """Remove a finished run's checkpoints after `step` (with their checksums) and its
+    metrics, so a rerun of the same config resumes from `step`: a run stopped there, with
+    the programs of the full run (one compile, shared through the compilation cache)."""
+    import shutil
+
+    checkpoints = os.path.join(workdir, "checkpoints")
+    for name in os.listdir(checkpoints):
+        if name.isdigit() and int(name) > step:
+            shutil.rmtree(os.path.join(checkpoints, name))
+            os.remove(os.path.join(checkpoints, "checksums", f"{name}.json"))
+    os.remove(os.path.join(workdir, "metrics.jsonl"))

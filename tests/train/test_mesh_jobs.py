@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import MICRO_MODEL, MICRO_RUN, REPO, outside_env
+from helpers import MICRO_MODEL, MICRO_RUN, REPO, outside_env, rewind
 from moe_jax.config import load_config
 from moe_jax.train import loop
 from moe_jax.train.metrics import read_metrics
@@ -24,6 +24,9 @@ from moe_jax.train.run_config import ConfigMismatchError
 MICRO = MICRO_MODEL + MICRO_RUN + [
     "train.batch_size=8", "eval.max_new_tokens=4", "train.log_every=1",
     "train.checkpoint_every=3", "train.async_checkpoint=False",
+    # A schedule that does not follow train.steps: runs of different lengths then compile
+    # the same step, read back from the compilation cache after the first.
+    "optimizer.total_steps=40",
 ]
 LAYOUTS = {"one": (1, 1, 1, 1), "ep4_data2": (2, 1, 4, 1), "fsdp2_ep4": (1, 2, 4, 1), "data8": (8, 1, 1, 1),
            "fsdp8": (1, 8, 1, 1)}
@@ -45,17 +48,28 @@ def losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def one_device(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mesh")
-    loop.train_and_evaluate(config(tmp, "one"), str(tmp / "one"), **quiet)
-    return tmp, losses(str(tmp / "one"))
+def trained(tmp_path_factory):
+    """layout -> (its 6-step run's workdir, summary), each layout trained once per module."""
+    tmp, runs = tmp_path_factory.mktemp("mesh"), {}
+
+    def train(layout):
+        if layout not in runs:
+            runs[layout] = tmp / layout, loop.train_and_evaluate(config(tmp, layout), str(tmp / layout), **quiet)
+        return runs[layout]
+    return train
+
+
+@pytest.fixture(scope="module")
+def one_device(trained):
+    workdir, _ = trained("one")
+    return workdir.parent, losses(str(workdir))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["ep4_data2", "fsdp2_ep4", "data8"])
-def test_every_layout_trains_as_one_device_does(one_device, layout):
+def test_every_layout_trains_as_one_device_does(one_device, trained, layout):
     tmp, expected = one_device
-    summary = loop.train_and_evaluate(config(tmp, layout), str(tmp / layout), **quiet)
+    _, summary = trained(layout)
     assert summary["mesh"] == dict(zip(("data", "fsdp", "expert", "tensor"), LAYOUTS[layout]))
     got = losses(str(tmp / layout))
     assert sorted(got) == sorted(expected) == list(range(1, 7))
@@ -64,20 +78,17 @@ def test_every_layout_trains_as_one_device_does(one_device, layout):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_8_devices_continues_on_1_and_on_fsdp8(tmp_path):
-    """Written on data=2 x expert=4 at step 3, continued to step 6 on one device, on
-    fsdp=8 and on the original mesh: the same losses."""
-    original = tmp_path / "original"
-    loop.train_and_evaluate(config(tmp_path, "ep4_data2"), str(original), **quiet)
+def test_a_checkpoint_of_8_devices_continues_on_1_and_on_fsdp8(trained, tmp_path):
+    """Written on data=2 x expert=4 at step 3, continued to step 6 on one device and on
+    fsdp=8: the same losses as the original run's."""
+    original, _ = trained("ep4_data2")
     reference = losses(str(original))
     for layout in ("one", "fsdp8"):
         copy = tmp_path / layout
         shutil.copytree(original, copy)
-        shutil.rmtree(copy / "checkpoints" / "6")  # continue from step 3
-        os.remove(copy / "checkpoints" / "checksums" / "6.json")
-        os.remove(copy / "metrics.jsonl")
+        rewind(str(copy), 3)  # continue from step 3
         logged = []
-        loop.train_and_evaluate(config(tmp_path, layout), str(copy), log=logged.append)
+        loop.train_and_evaluate(config(original.parent, layout), str(copy), log=logged.append)
         assert any("resumed from step 3" in line for line in logged), logged
         assert any("continuing with changed mesh." in line for line in logged), logged  # a safe change, logged
         continued = losses(str(copy))
@@ -122,13 +133,11 @@ def test_a_changed_model_is_refused_and_a_longer_run_resumes(one_device):
 
 @pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_the_rerun_matches(one_device, tmp_path):
+    """A long run stopped early by SIGTERM saves the step it reached; a rerun resumes from
+    it and its next steps, like those before the signal, match an uninterrupted run's."""
     tmp, _ = one_device
-    reference = tmp_path / "reference"
-    loop.train_and_evaluate(config(tmp, "one", 40, "train.checkpoint_every=100"), str(reference), **quiet)
-    expected = losses(str(reference))
-
-    stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(main_command(stopped, tmp / "data", "one", 40, "train.checkpoint_every=100"),
+    stopped, steps = tmp_path / "stopped", 400  # far more than it runs: the signal lands early
+    proc = subprocess.Popen(main_command(stopped, tmp / "data", "one", steps, "train.checkpoint_every=1000"),
                             cwd=tmp_path, env=outside_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     target = random.Random().randint(2, 9)
@@ -143,13 +152,17 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_matches(one_device, tmp_pa
     assert "preempted" in err and "Traceback" not in err
     saved = sorted(int(s) for s in os.listdir(stopped / "checkpoints") if s.isdigit())
     logged = max(losses(str(stopped)))
-    assert saved == [logged] and target <= logged < 40  # the step it was at, not the end
+    assert saved == [logged] and target <= logged < steps  # the step it was at, not the end
 
-    out = subprocess.run(main_command(stopped, tmp / "data", "one", 40, "train.checkpoint_every=100"),
+    end = logged + 2  # a short continuation past the saved step
+    out = subprocess.run(main_command(stopped, tmp / "data", "one", end, "train.checkpoint_every=1000"),
                          cwd=tmp_path, env=outside_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    resumed = losses(str(stopped))
-    assert sorted(resumed) == sorted(expected)
+    assert f"resumed from step {logged}" in out.stdout + out.stderr
+    reference = tmp_path / "reference"
+    loop.train_and_evaluate(config(tmp, "one", end, "train.checkpoint_every=1000"), str(reference), **quiet)
+    expected, resumed = losses(str(reference)), losses(str(stopped))
+    assert sorted(resumed) == sorted(expected) == list(range(1, end + 1))
     np.testing.assert_allclose([resumed[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
                                rtol=1e-6)
-    assert json.load(open(stopped / "summary.json"))["steps"] == 40
+    assert json.load(open(stopped / "summary.json"))["steps"] == end
