@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from moe_jax.analysis.membership import auc, best_advantage
+from moe_jax.analysis.membership import auc, best_advantage, sample_indices
 
 
 def brute_auc(members, others):
@@ -32,3 +32,12 @@ def test_the_ends_of_the_scale():
     assert auc([2.0, 3.0], [0.0, 1.0]) == 1.0 and auc([0.0, 1.0], [2.0, 3.0]) == 0.0
     assert auc([1.0, 1.0], [1.0, 1.0]) == 0.5  # indistinguishable: a coin
     assert best_advantage(np.array([2.0, 3.0]), np.array([0.0, 1.0])) == 1.0
+
+
+def test_candidates_are_drawn_across_the_split_not_its_head():
+    picked = sample_indices(1000, 500, seed=0)
+    assert len(set(picked)) == 500 and 0 <= min(picked) and max(picked) < 1000
+    # Both halves of an ordered split are represented (the first 500 would be one half).
+    assert 200 < sum(i >= 500 for i in picked) < 300
+    assert picked == sample_indices(1000, 500, seed=0) and picked != sample_indices(1000, 500, seed=1)
+    assert sample_indices(16, 16, seed=3) == list(range(16))
