@@ -141,10 +141,13 @@ def _check_shapes(params, model_config, run_config, workdir: str) -> None:
     """A workdir read with the caller's model config must hold that model's parameters:
     otherwise the caller's first use of them fails deep inside a tree map. The error names
     each model field whose recorded value alone would change the parameter shapes."""
+    recorded = run_config.model.to_dict() if run_config is not None and "model" in run_config else {}
+    if recorded and all(model_config.get(name) == value for name, value in recorded.items()
+                        if name not in RUNTIME_FIELDS):
+        return  # the config the checkpoint was written with: nothing to trace
     expected = _shapes(model_config)
     if expected == jax.tree.map(np.shape, params):
         return
-    recorded = run_config.model.to_dict() if run_config is not None and "model" in run_config else {}
     shaping = []
     for name, value in recorded.items():
         if name in RUNTIME_FIELDS or model_config.get(name) == value:
