@@ -70,6 +70,12 @@ def _name_value(value) -> str:
     return _UNSAFE.sub("_", text)
 
 
+def _bare(field: str) -> str:
+    """"config.model.router" or "model.router" -> "model.router": --grid and --override
+    take a field as sweep() keys and --config.<field> flags spell it, or without the prefix."""
+    return field[len("config."):] if field.startswith("config.") else field
+
+
 def _field(key: str) -> str:
     """"config.model.router" -> "model.router" (sweep() keys are command-line flags)."""
     if not key.startswith("config."):
@@ -133,7 +139,8 @@ def grid_points(assignments) -> list[dict]:
         if not sep or not field.strip() or not text.strip():
             raise ValueError(f"--grid {assignment!r}: expected FIELD=VALUE1,VALUE2,...")
         values = [v.strip() for v in split_values(text)]
-        points = [dict(p, **{"config." + field.strip(): v}) for p in points for v in values]
+        key = "config." + _bare(field.strip())
+        points = [dict(p, **{key: v}) for p in points for v in values]
     return points
 
 
@@ -173,6 +180,7 @@ def plan_sweep(spec: str, root: str, *, seeds=1, overrides=(), grid=(),
     Runs whose config reads its dataset from the workdir (data.data_dir empty) share
     <root>/data instead."""
     seeds = seed_list(seeds)
+    overrides = tuple(_bare(o.strip()) for o in overrides)
     module, base = load_experiment(spec, overrides)
     points = sweep_points(module, spec, grid)
     given = {o.partition("=")[0].strip() for o in overrides}

@@ -57,6 +57,16 @@ def test_grid_and_seed_options():
     points = grid_points(["optimizer.learning_rate=1e-3,2e-3", "train.batch_size=8,16"])
     assert len(points) == 4 and points[1] == {"config.optimizer.learning_rate": "1e-3", "config.train.batch_size": "16"}
     assert value_text(("attention",)) == "('attention',)" and value_text("softmax") == "softmax"
+    # A field may also be written as sweep() keys and --config flags write it.
+    assert grid_points(["config.optimizer.learning_rate=1e-3,2e-3", "config.train.batch_size=8,16"]) == points
+
+
+def test_overrides_take_the_config_prefix_too(tmp_path):
+    plain = plan_sweep(ARITH, str(tmp_path), overrides=["train.steps=50"], grid=["model.num_experts=4,8"])
+    prefixed = plan_sweep(ARITH, str(tmp_path), overrides=["config.train.steps=50"],
+                          grid=["config.model.num_experts=4,8"])
+    assert [r.command for r in plain] == [r.command for r in prefixed]
+    assert "--config.train.steps=50" in prefixed[0].command
 
 
 def test_point_names_stay_short_unique_and_filesystem_safe():
