@@ -4,6 +4,7 @@
     python -m moe_jax.rl.figure --routing runs/grpo experiments/figures/grpo_routing.png
     python -m moe_jax.rl.figure --compare experiments/figures/grpo_vs_gspo.png \
         GRPO=runs/a/s0,runs/a/s1,runs/a/s2 GSPO=runs/b/s0,runs/b/s1,runs/b/s2 [--steps 50,100]
+    python -m moe_jax.rl.figure --compare experiments/figures/moe_rl.png runs/moe_rl  # a sweep
 
 The first is the learning curve: held-out exact match and the training reward against
 wall-clock minutes (the axis the CPU budget is stated in). `--routing` draws the
@@ -11,13 +12,17 @@ router's health per MoE layer against the GRPO step (moe_jax/rl/router_health.py
 fraction of tokens whose experts changed between rollout and update, routing entropy,
 max/mean expert load, and how far each layer's balancing bias has moved). `--compare`
 draws variants run over several seeds (held-out exact match, mean and 95% interval over
-seeds, and the expert-change fraction) and prints their table in markdown.
+seeds, and the expert-change fraction) and prints their table in markdown; a variant is
+LABEL=DIR[,DIR...] (runs, or a sweep point's seed=<n> runs), or a `moe-jax sweep` root
+gives one variant per grid point.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import math
+import os
 
 import numpy as np
 
@@ -195,13 +200,41 @@ def plot_variants(variants: dict[str, list[str]], path: str, title: str = "") ->
     return save(fig, path)
 
 
+def _runs_in(path: str) -> list[str]:
+    """A run's workdir -> [it]; a sweep point's directory -> its seed=<n> runs."""
+    if os.path.exists(os.path.join(path, "metrics.jsonl")):
+        return [path]
+    seeds = sorted(d for d in glob.glob(os.path.join(path, "seed=*"))
+                   if os.path.exists(os.path.join(d, "metrics.jsonl")))
+    if not seeds:
+        raise SystemExit(f"--compare: {path!r} is neither a run (no metrics.jsonl) nor a sweep "
+                         f"point (no seed=<n> runs)")
+    return seeds
+
+
+def _variants_under(root: str) -> dict[str, list[str]]:
+    """A sweep's root (or one point of it) -> {point name: its seeds' workdirs}."""
+    if glob.glob(os.path.join(root, "seed=*")):
+        return {os.path.basename(os.path.normpath(root)): _runs_in(root)}
+    points = sorted(d for d in glob.glob(os.path.join(root, "*")) if glob.glob(os.path.join(d, "seed=*")))
+    if not points:
+        raise SystemExit(f"--compare: {root!r} holds no sweep points (directories of seed=<n> runs)")
+    return {os.path.basename(d): _runs_in(d) for d in points}
+
+
 def _parse_variants(items) -> dict[str, list[str]]:
+    """LABEL=DIR[,DIR...] (runs, or a sweep point's directory), or a sweep's root alone.
+    Sweep point names hold commas themselves, so a DIR that exists is taken whole."""
     variants = {}
     for item in items:
+        if os.path.isdir(item):
+            variants.update(_variants_under(item))
+            continue
         label, sep, dirs = item.partition("=")
         if not sep or not dirs:
-            raise SystemExit(f"--compare: {item!r} is not LABEL=DIR[,DIR...]")
-        variants[label] = dirs.split(",")
+            raise SystemExit(f"--compare: {item!r} is not LABEL=DIR[,DIR...] or a sweep's directory")
+        paths = [dirs] if os.path.isdir(dirs) else dirs.split(",")
+        variants[label] = [run for path in paths for run in _runs_in(path)]
     return variants
 
 

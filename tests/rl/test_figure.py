@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from moe_jax.rl.figure import (curves, main, plot_grpo, plot_router_health, plot_variants, routing_curves,
+from moe_jax.rl.figure import (_parse_variants, curves, main, plot_grpo, plot_router_health, plot_variants, routing_curves,
                              variant_table)
 
 
@@ -58,6 +58,27 @@ def test_variant_table_by_hand(tmp_path):
                      "3.00 ± 2.48"]
     # One seed of two evaluated at step 2: no interval, and the table says so.
     assert table[3].split("|")[3].strip() == "40.0% (1 of 2)"
+
+
+def test_compare_reads_a_sweeps_directories_whose_names_hold_commas(tmp_path):
+    """`moe-jax sweep` names a point by its fields (`importance=token,routing_replay=True`):
+    --compare takes such a point, or the sweep's root, whole instead of splitting it."""
+    root = tmp_path / "sweep"
+    for point, base in (("importance=token,routing_replay=False", 0.5), ("importance=sequence,routing_replay=False", 0.2)):
+        (root / point).mkdir(parents=True)
+        for i in range(2):
+            _seed(root / point / f"seed={i}", i, base)
+    variants = _parse_variants([f"GRPO={root / 'importance=token,routing_replay=False'}"])
+    assert variants == {"GRPO": [str(root / "importance=token,routing_replay=False" / f"seed={i}") for i in range(2)]}
+    every_point = _parse_variants([str(root)])
+    assert list(every_point) == ["importance=sequence,routing_replay=False", "importance=token,routing_replay=False"]
+    table = variant_table(every_point, [2]).splitlines()
+    assert [row.split("|")[3].strip() for row in table[2:]] == ["25.0% ± 63.5", "55.0% ± 63.5"]
+    # Plain run directories still go as a comma-separated list; a missing one is named.
+    plain = [_seed(tmp_path / f"run{i}", i) for i in range(2)]
+    assert _parse_variants([f"GSPO={','.join(plain)}"]) == {"GSPO": plain}
+    with pytest.raises(SystemExit, match="no metrics.jsonl"):
+        _parse_variants([f"X={tmp_path / 'nowhere'}"])
 
 
 def test_router_health_curves_and_figures(tmp_path):
