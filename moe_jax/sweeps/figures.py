@@ -100,12 +100,16 @@ def expert_load_figure(records: list[RunRecord], path: str) -> str | None:
     top = max(2.0, max(float(p.max()) for _, p in panels))
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
-    fig = _figure(3.6 * columns, 2.2 * rows + 0.6)
+    fig = _figure(3.6 * columns, 2.5 * rows + 0.6)
+    fig.subplots_adjust(hspace=0.55, wspace=0.3, right=0.8)  # room for each panel's title and the bar
+    from matplotlib.colors import TwoSlopeNorm
+
+    # A diverging map centred on 1.0 (balanced): starved experts blue, busy ones red.
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=top)
     image = None
     for i, (point, load) in enumerate(panels):
         ax = fig.add_subplot(rows, columns, i + 1)
-        # A diverging map centred on 1.0 (balanced): starved experts blue, busy ones red.
-        image = ax.imshow(load, aspect="auto", cmap="RdBu_r", vmin=0.0, vmax=top, interpolation="nearest")
+        image = ax.imshow(load, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
         ax.set_title(point, fontsize=8)
         ax.set_xlabel("expert", fontsize=7)
         ax.set_ylabel("MoE layer", fontsize=7)
