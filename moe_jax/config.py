@@ -101,13 +101,21 @@ def _parse_value(text: str, current):
     return value
 
 
+def bare_field(field: str) -> str:
+    """"config.model.router" or "model.router" -> "model.router": a field may be written as
+    `--config.<field>` flags and sweep() keys spell it, or without the prefix."""
+    return field[len("config."):] if field.startswith("config.") else field
+
+
 def apply_override(config: ml_collections.ConfigDict, assignment: str) -> None:
-    """Apply `model.num_experts=8` to `config`; unknown fields are an error naming them."""
+    """Apply `model.num_experts=8` (or `config.model.num_experts=8`) to `config`; unknown
+    fields are an error naming them."""
     key, sep, text = assignment.partition("=")
     if not sep:
         raise ValueError(f"override {assignment!r}: expected FIELD=VALUE, e.g. model.top_k=4")
+    key = bare_field(key.strip())
     node = config
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         if part not in node:
             raise ConfigError(key, text, f"an existing field; {part!r} is not one of {sorted(node.keys())}")

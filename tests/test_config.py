@@ -41,6 +41,13 @@ def test_overrides_parse_to_the_field_type():
     assert config.model.tie_embeddings is True
 
 
+def test_an_override_may_spell_its_field_with_the_config_prefix():
+    config = load_config("configs/tiny.py", ["config.model.num_experts=32", "config.model.router=softmax"])
+    assert (config.model.num_experts, config.model.router) == (32, "softmax")
+    with pytest.raises(ConfigError, match="model.num_expert"):
+        load_config("configs/tiny.py", ["config.model.num_expert=32"])
+
+
 def test_override_needs_an_equals_sign():
     config = load_config("configs/tiny.py")
     with pytest.raises(ValueError, match="FIELD=VALUE"):

@@ -27,7 +27,7 @@ import re
 import shlex
 import sys
 
-from moe_jax.config import load_experiment
+from moe_jax.config import bare_field, load_experiment
 from moe_jax.models.config import ConfigError
 
 SEED_FIELD = "train.seed"
@@ -68,12 +68,6 @@ def _name_value(value) -> str:
         return "+".join(_name_value(v) for v in value) or "none"
     text = value if isinstance(value, str) else repr(value)
     return _UNSAFE.sub("_", text)
-
-
-def _bare(field: str) -> str:
-    """"config.model.router" or "model.router" -> "model.router": --grid and --override
-    take a field as sweep() keys and --config.<field> flags spell it, or without the prefix."""
-    return field[len("config."):] if field.startswith("config.") else field
 
 
 def _field(key: str) -> str:
@@ -139,7 +133,7 @@ def grid_points(assignments) -> list[dict]:
         if not sep or not field.strip() or not text.strip():
             raise ValueError(f"--grid {assignment!r}: expected FIELD=VALUE1,VALUE2,...")
         values = [v.strip() for v in split_values(text)]
-        key = "config." + _bare(field.strip())
+        key = "config." + bare_field(field.strip())
         points = [dict(p, **{key: v}) for p in points for v in values]
     return points
 
@@ -180,7 +174,7 @@ def plan_sweep(spec: str, root: str, *, seeds=1, overrides=(), grid=(),
     Runs whose config reads its dataset from the workdir (data.data_dir empty) share
     <root>/data instead."""
     seeds = seed_list(seeds)
-    overrides = tuple(_bare(o.strip()) for o in overrides)
+    overrides = tuple(bare_field(o.strip()) for o in overrides)  # written into --config.<field> flags
     module, base = load_experiment(spec, overrides)
     points = sweep_points(module, spec, grid)
     given = {o.partition("=")[0].strip() for o in overrides}
