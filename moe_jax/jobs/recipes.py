@@ -76,6 +76,8 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.data.seed = 0
     c.data.seq_len = 128 if variant == "tiny" else 512
     c.data.packing = "first_fit"
+    # Fraction of the first epoch that runs shortest solutions first (0: plain shuffle).
+    c.data.curriculum = 0.0
     c.data.tokenizer = "char"
     c.data.read_threads = 0 if variant == "tiny" else None  # few cores: read on the prefetch thread
     c.data.data_dir = ""  # default: <workdir>/data

@@ -59,6 +59,9 @@ def validate_training_config(config: ml_collections.ConfigDict, process_count: i
     threads = d.get("read_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 0):
         raise ConfigError("data.read_threads", threads, "a non-negative integer, or None for grain's default")
+    curriculum = d.get("curriculum", 0.0)
+    if isinstance(curriculum, bool) or not isinstance(curriculum, (int, float)) or not 0 <= curriculum <= 1:
+        raise ConfigError("data.curriculum", curriculum, "a fraction of the first epoch in [0, 1]")
     get_task(d.task)  # unknown task names fail here, naming the choices
     validate_optimizer_config(config.optimizer)
     check_dp_config(config)
@@ -123,7 +126,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, log=prin
     dataset = train_dataset(train_source, tokenizer, global_batch_size=t.batch_size,
                             seq_len=config.data.seq_len, seed=t.seed, packing=config.data.packing,
                             process_index=jax.process_index(), process_count=jax.process_count(),
-                            read_options=read_options(config.data))
+                            read_options=read_options(config.data),
+                            curriculum=config.data.get("curriculum", 0.0))
     data_iter = Prefetch(iter(dataset), depth=2)
 
     model = Transformer.from_config(m)

@@ -154,6 +154,49 @@ def test_iterator_state_restores_exactly(source, packing):
     np.testing.assert_array_equal(next(it)["inputs"], expected[0]["inputs"])
 
 
+def test_curriculum_order():
+    lengths = [5, 1, 4, 1, 3, 2, 9, 7]
+    order = pipeline.curriculum_order(lengths, seed=0, fraction=0.5)
+    assert sorted(order.tolist()) == list(range(8))
+    # The 4 shortest first, ascending; the rest after them.
+    assert [lengths[i] for i in order[:4]] == [1, 1, 2, 3]
+    assert {lengths[i] for i in order[4:]} == {4, 5, 7, 9}
+    # Ties and the tail follow the seed.
+    orders = {tuple(pipeline.curriculum_order(lengths, seed, 0.5)) for seed in range(20)}
+    assert len(orders) > 1
+    assert pipeline.curriculum_order(lengths, 3, 0.0).tolist() != sorted(
+        range(8), key=lengths.__getitem__)
+    with pytest.raises(ValueError, match="fraction"):
+        pipeline.curriculum_order(lengths, 0, 1.5)
+
+
+@pytest.mark.parametrize("packing", pipeline.PACKING_MODES)
+def test_curriculum_reorders_the_first_epoch_only(source, packing):
+    def examples(curriculum, n):
+        ds = pipeline.train_dataset(source, TOK, global_batch_size=4, seq_len=96, seed=0,
+                                    packing="pad", curriculum=curriculum)
+        return [TOK.decode(b["inputs"][r, span]) for b in itertools.islice(iter(ds), n)
+                for r, _, span in _segments(b)]
+
+    texts = _texts(source)
+    curriculum, plain = examples(0.25, 48), examples(0.0, 48)  # two epochs of 96
+    first = [len(texts[t].solution) for t in curriculum[:24]]
+    assert first == sorted(len(e.solution) for e in source)[:24]
+    assert sorted(curriculum[:96]) == sorted(plain[:96])  # the same epoch, reordered
+    assert curriculum[96:] == plain[96:]  # later epochs are the plain stream's
+    # Resumes exactly from an iterator state, as the plain stream does.
+    ds = pipeline.train_dataset(source, TOK, global_batch_size=4, seq_len=96, seed=0,
+                                packing=packing, curriculum=0.25)
+    it = iter(ds)
+    for _ in range(3):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    want = next(it)
+    resumed = iter(ds)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["inputs"], want["inputs"])
+
+
 def test_reads_tfds_records(tmp_path):
     from moe_jax.data import tfds_builders
 
@@ -164,6 +207,9 @@ def test_reads_tfds_records(tmp_path):
     texts = {(r["prompt"] + r["solution"]).decode() for r in records.__getitems__(range(24))}
     for row, _, span in _segments(batch):
         assert TOK.decode(batch["inputs"][row, span]) in texts
+    # The curriculum reads lengths in chunks of records, as it would from 100k of them.
+    assert pipeline._solution_lengths(records, chunk=5) == [
+        len(records[i]["solution"]) for i in range(24)]
 
 
 def test_tokenizer_without_bos(source):

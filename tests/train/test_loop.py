@@ -121,3 +121,5 @@ def test_training_sections_are_validated():
         loop.validate_training_config(micro_config("train.steps=0"))
     with pytest.raises(ConfigError, match="data.seq_len"):
         loop.validate_training_config(micro_config("data.seq_len=4096"))
+    with pytest.raises(ConfigError, match="data.curriculum"):
+        loop.validate_training_config(micro_config("data.curriculum=1.5"))
