@@ -71,7 +71,7 @@ def flatten(config, prefix: str = "") -> dict:
 # Fields added to configs after runs were recorded without them, with the value that an
 # absent field always meant: a workdir recorded before the field existed continues with it.
 ADDED_FIELDS = {"optimizer.schedule": "cosine", "optimizer.decay_fraction": 0.2,
-                "data.curriculum": 0.0}
+                "data.curriculum": 0.0, "data.difficulty.fixed_width": False}
 
 
 def is_safe(name: str) -> bool:

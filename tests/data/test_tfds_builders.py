@@ -60,7 +60,8 @@ def test_config_name_spells_out_every_parameter():
     config = tfds_builders.make_config("arithmetic", num_train=100, num_test=10, seed=2,
                                        max_digits=4)
     assert config.name == (
-        "carry_slip0.0-max_digits4-max_operands3-min_operands2-mul_prob0.0-n100-10-seed2-test0.1")
+        "carry_slip0.0-fixed_widthFalse-max_digits4-max_operands3-min_operands2-mul_prob0.0-n100-10"
+        "-seed2-test0.1")
     # Different difficulty -> different directory, so stale data is never reused.
     other = tfds_builders.make_config("arithmetic", num_train=100, num_test=10, seed=2,
                                       max_digits=5)

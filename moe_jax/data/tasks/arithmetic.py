@@ -88,16 +88,21 @@ def _slipped_sum(total: int, term: int) -> int:
     return total + term + (10 if big > 0 else -10) * borrow
 
 
-def worked_solution(operands: list[int], ops: list[str], slips=()) -> tuple[str, int]:
+def worked_solution(operands: list[int], ops: list[str], slips=(), width: int | None = None
+                    ) -> tuple[str, int]:
     """(solution string, integer answer) for the expression operands/ops.
 
     slips[i] True makes step i + 1 of the chain forget its units carry or borrow (see
     the module docstring); the solution then ends in the slipped total while the
-    returned answer is still exact.
+    returned answer is still exact. width: W for every number (None: from the prompt,
+    as the module docstring says); it must be at least the prompt's W.
     """
     terms = _terms(operands, ops)
     widest_term = max(sum(len(str(f)) for f in factors) for _, factors in terms)
-    width = widest_term + len(str(len(terms) - 1))
+    needed = widest_term + len(str(len(terms) - 1))
+    if width is not None and width < needed:
+        raise ValueError(f"width={width} is less than the {needed} digits this problem needs")
+    width = width or needed
 
     products, magnitudes = [], []
     for _, factors in terms:
@@ -120,13 +125,21 @@ def worked_solution(operands: list[int], ops: list[str], slips=()) -> tuple[str,
     return "".join(products) + "".join(chain) + ">" + str(written), running
 
 
+def widest(max_operands: int, max_digits: int, mul_prob: float) -> int:
+    """The largest W any problem of this difficulty needs."""
+    return max_digits * (2 if mul_prob > 0 else 1) + len(str(max_operands - 1))
+
+
 def generate(rng: np.random.Generator, *, min_operands: int = 2, max_operands: int = 3,
-             max_digits: int = 3, mul_prob: float = 0.0, carry_slip: float = 0.0) -> Example:
+             max_digits: int = 3, mul_prob: float = 0.0, carry_slip: float = 0.0,
+             fixed_width: bool = False) -> Example:
     """A random expression of min..max_operands operands of 1..max_digits digits.
 
     Each operator is "*" with probability `mul_prob` (never twice in a row, so
     products have two factors), otherwise "+" or "-" with equal chance. `carry_slip` is
     the flawed teacher's probability of forgetting a units carry or borrow per step.
+    `fixed_width` writes every solution with the difficulty's widest W (`widest`), so a
+    digit and the digits it is computed from are always the same distance apart.
     """
     if not 2 <= min_operands <= max_operands:
         raise ValueError(f"need 2 <= min_operands <= max_operands, got {min_operands}, {max_operands}")
@@ -143,7 +156,8 @@ def generate(rng: np.random.Generator, *, min_operands: int = 2, max_operands: i
     prompt = str(operands[0]) + "".join(op + str(x) for op, x in zip(ops, operands[1:])) + "="
     # Drawn only for a flawed teacher, so exact datasets keep their random stream.
     slips = tuple(rng.random() < carry_slip for _ in ops) if carry_slip else ()
-    solution, answer = worked_solution(operands, ops, slips)
+    width = widest(max_operands, max_digits, mul_prob) if fixed_width else None
+    solution, answer = worked_solution(operands, ops, slips, width)
     return Example(prompt=prompt, solution=solution, answer=str(answer))
 
 
@@ -184,5 +198,5 @@ TASK = Task(
     verify=verify,
     canonical_key=canonical_key,
     default_difficulty=dict(min_operands=2, max_operands=3, max_digits=3, mul_prob=0.0,
-                            carry_slip=0.0),
+                            carry_slip=0.0, fixed_width=False),
 )

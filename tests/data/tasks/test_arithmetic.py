@@ -24,10 +24,34 @@ def test_worked_solution_of_the_documented_examples():
     assert arithmetic.worked_solution([7, 7], ["-"]) == ("+70-70=+00>0", 0)
 
 
+def test_fixed_width_writes_every_number_with_the_widest_w():
+    # The documented example at W = 5 instead of its own 4.
+    assert arithmetic.worked_solution([64, 973, 75], ["-", "-"], width=5) == (
+        "+46000-37900=-90900-57000=-48900>-984", -984)
+    with pytest.raises(ValueError, match="width=3 is less than the 4 digits"):
+        arithmetic.worked_solution([64, 973, 75], ["-", "-"], width=3)
+    for difficulty, w in [(dict(max_operands=3, max_digits=3), 4),
+                          (dict(max_operands=12, max_digits=2), 4),
+                          (dict(max_operands=5, max_digits=3, mul_prob=0.5), 7)]:
+        assert arithmetic.widest(difficulty["max_operands"], difficulty["max_digits"],
+                                 difficulty.get("mul_prob", 0.0)) == w
+        fixed = _examples(200, fixed_width=True, **difficulty)
+        plain = _examples(200, **difficulty)
+        # The same problems (no extra random draws), every number W digits wide.
+        assert [e.prompt for e in fixed] == [e.prompt for e in plain]
+        for example in fixed:
+            chain = example.solution.rsplit(">", 1)[0].replace(",", "=").split("=")
+            numbers = [n for part in chain for n in part.replace("-", " -").replace(
+                "+", " +").split() if "*" not in n]
+            assert {len(n.lstrip("+-")) for n in numbers} == {w}, example
+            assert arithmetic.verify(example, example.solution)
+
+
 @pytest.mark.parametrize("difficulty", [
     {},
     dict(min_operands=2, max_operands=12, max_digits=4),
     dict(max_operands=5, max_digits=3, mul_prob=0.5),
+    dict(max_operands=5, max_digits=3, mul_prob=0.5, fixed_width=True),
 ])
 def test_reference_solutions_are_correct_and_verified(difficulty):
     for example in _examples(**difficulty):
