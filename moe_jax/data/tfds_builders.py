@@ -10,7 +10,7 @@ use `load_task_split` or `builder.as_data_source`.
 
 Layout on disk:  data_dir/moe_jax_<task>/<config name>/<version>/*.array_record-*
 where the config name spells out every parameter, e.g.
-`carry_slip0.0-max_digits3-max_operands3-min_operands2-mul_prob0.0-n1000-100-seed0-test0.1`.
+`carry_slip0.0-fixed_widthFalse-max_digits3-max_operands3-min_operands2-mul_prob0.0-n1000-100-seed0-test0.1`.
 
 Records hold the fields of the task's Example dataclass (prompt, solution,
 answer, and e.g. numbers/target for countdown); `TASKS[task].from_record(r)`
