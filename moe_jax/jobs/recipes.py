@@ -70,7 +70,7 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.task = "arithmetic"
     c.data.difficulty = ml_collections.ConfigDict(
-        {"min_operands": 2, "max_operands": 3, "max_digits": 3})
+        {"min_operands": 2, "max_operands": 3, "max_digits": 3, "fixed_width": False})
     c.data.num_train = 100_000 if variant == "tiny" else 1_000_000
     c.data.num_test = 1_000
     c.data.seed = 0
