@@ -26,7 +26,8 @@ Variants:
   tiny   2 CPU cores, 10-40 minutes by load: a 3-layer d_model 96 MoE trained from scratch on
          2-operand problems of up to 2 digits
   tiny_main  the GRM is the README's main-job model, started from its trained workdir
-         (pretrain_arith.py:tiny, 2-3 operands, 89% held-out): a judge that adds better
+         (pretrain_arith.py:tiny, 2-3 operands; its recorded table was measured from the
+         main job's 4-head model, recipes.earlier_tiny): a judge that adds better
          than the tiny policy it judges. It solves the problem itself and checks each
          response's final answer against its own (critique "solve", shown final answers
          only); best-of-4 over 1000 held-out problems. 40-60 minutes:
@@ -66,7 +67,10 @@ def get_config(arg=None):
     c = recipes.arithmetic("tiny" if tiny else "small")
     c.job = "grm_spct"
     if variant == "tiny":
+        recipes.earlier_tiny(c)  # the schedule the recorded table was measured with
         _tiny_model(c.model)
+    elif variant == "tiny_main":
+        c.optimizer.schedule = "cosine"  # the phases' schedule; the model is the main job's
     if tiny:
         c.data.difficulty = ml_collections.ConfigDict(
             {"min_operands": 2, "max_operands": 2, "max_digits": 2})

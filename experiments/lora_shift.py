@@ -59,7 +59,8 @@ def _arith_config():
     c.model, c.optimizer = main_job.model, main_job.optimizer
     c.data.difficulty = main_job.data.difficulty
     c.data.shifted_difficulty = ml_collections.ConfigDict(
-        {"min_operands": 4, "max_operands": 4, "max_digits": 3})
+        {"min_operands": 4, "max_operands": 4, "max_digits": 3,
+         "fixed_width": main_job.data.difficulty.fixed_width})  # written as the base model writes
     c.data.num_train, c.data.num_test = main_job.data.num_train, 500
     c.train.batch_size, c.train.steps = main_job.train.batch_size, main_job.train.steps
     c.finetune.steps, c.finetune.warmup_steps = 300, 30
