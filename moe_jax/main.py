@@ -61,9 +61,13 @@ def main(argv=None) -> int:
     initialize_distributed(auto=os.environ.get("MOE_JAX_DISTRIBUTED") == "auto")
     try:
         summary = run_experiment(module, config, workdir, log=console.say, started=started)
-    except (ConfigError, CheckpointMismatchError, NonFiniteLossError) as error:
-        # A config that cannot continue the run in --workdir (refused before anything
-        # changed), or a run that went non-finite: the message says what to do.
+    except (ConfigError, CheckpointMismatchError) as error:
+        # A config that cannot continue the run in --workdir, refused before anything
+        # changed: the message says what to do, and the workdir (its log included) is
+        # left as it was.
+        console.refuse(f"python -m moe_jax.main: error: {error}")
+        return 2
+    except NonFiniteLossError as error:
         console.error(f"python -m moe_jax.main: error: {error}")
         return 2
     except Preempted as preempted:

@@ -36,15 +36,21 @@ def terminal_err():
 
 
 class Console:
-    def __init__(self, log_path: str, out, err, log_file):
+    def __init__(self, log_path: str, out, err, log_file, size_at_start=None, made_dir=None):
         self.log_path, self.out, self.err, self.log_file = log_path, out, err, log_file
+        # What `withdraw` puts back: the log's length before this process appended to it
+        # (None: there was no log), and the directory `start` created (None: it existed).
+        self.size_at_start, self.made_dir = size_at_start, made_dir
 
     @classmethod
     def start(cls, log_path: str) -> "Console":
         """Send file descriptors 1 and 2 (and so sys.stdout, sys.stderr, C++ logging and
         every thread's tracebacks) to `log_path`, appended; keep the terminal for `say`."""
         global _active
-        os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+        directory = os.path.dirname(os.path.abspath(log_path))
+        made_dir = None if os.path.isdir(directory) else directory
+        os.makedirs(directory, exist_ok=True)
+        size_at_start = os.path.getsize(log_path) if os.path.exists(log_path) else None
         sys.stdout.flush()
         sys.stderr.flush()
         out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -52,7 +58,7 @@ class Console:
         log_file = open(log_path, "a", buffering=1)
         os.dup2(log_file.fileno(), 1)
         os.dup2(log_file.fileno(), 2)
-        _active = cls(log_path, out, err, log_file)
+        _active = cls(log_path, out, err, log_file, size_at_start, made_dir)
         # A fatal error in native code (a peer of a multi-host job lost, an XLA check)
         # aborts the process after writing its reason to fd 2, the log: leave at least the
         # fatal signal and where Python was on the terminal, so the run does not end silently.
@@ -69,3 +75,25 @@ class Console:
     def error(self, message: str) -> None:
         print(message, file=self.err, flush=True)
         print(message, file=self.log_file, flush=True)
+
+    def refuse(self, message: str) -> None:
+        """The run was refused before it changed anything (a config that cannot continue
+        the workdir's run): say why on the terminal and take back what this process wrote
+        to the log, so the workdir is byte for byte as it was. Whatever the libraries still
+        print on the way out goes nowhere."""
+        print(message, file=self.err, flush=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+        self.log_file.close()
+        if self.size_at_start is None:
+            os.remove(self.log_path)
+            if self.made_dir is not None:
+                try:
+                    os.rmdir(self.made_dir)  # only if nothing else was written there
+                except OSError:
+                    pass
+        else:
+            os.truncate(self.log_path, self.size_at_start)

@@ -48,6 +48,14 @@ def test_a_short_main_job_says_little_and_logs_the_rest(tmp_path):
     assert "Using custom data configuration" not in out.stdout + out.stderr
 
 
+def run_child(script: str) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter (Console.start rewires its file descriptors)."""
+    out = subprocess.run([os.sys.executable, "-c", script], env=outside_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_start_points_file_descriptors_at_the_log_and_keeps_the_terminal(tmp_path):
     """Console.start in a child process: C-level and Python writes to fds 1 and 2 land in
     the log, say() on the terminal (the child's original stdout)."""
@@ -59,11 +67,33 @@ def test_start_points_file_descriptors_at_the_log_and_keeps_the_terminal(tmp_pat
         "t = threading.Thread(target=lambda: 1 / 0); t.start(); t.join()\n"
         "c.say('phase one'); c.error('an error line')\n"
         "assert terminal_err() is c.err\n")
-    out = subprocess.run([os.sys.executable, "-c", script], env=outside_env(), capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
+    out = run_child(script)
     assert out.stdout == "phase one\n" and out.stderr == "an error line\n"
     log = open(tmp_path / "log.txt").read()
     for text in ("from C++", "a stray print", "a warning", "ZeroDivisionError", "phase one", "an error line"):
         assert text in log, text
     assert console.terminal_err() is os.sys.stderr  # nothing started in this process
+
+
+@pytest.mark.parametrize("existing", ["", "an earlier run's messages\n"], ids=["new", "appended"])
+def test_a_refusal_leaves_the_log_as_it_was(tmp_path, existing):
+    """refuse() after the libraries wrote to the log: the terminal says why; the log is
+    back to its bytes before the process started (absent, with its new directory, if
+    there was none), even with a write after the refusal."""
+    workdir = tmp_path / "run"
+    if existing:
+        workdir.mkdir()
+        (workdir / "log.txt").write_text(existing)
+    script = (
+        "import os\n"
+        "from moe_jax.train.console import Console\n"
+        f"c = Console.start({str(workdir / 'log.txt')!r})\n"
+        "os.write(2, b'a library message\\n'); c.say('phase one')\n"
+        "c.refuse('error: another config')\n"
+        "os.write(2, b'said on the way out\\n')\n")
+    out = run_child(script)
+    assert out.stdout == "phase one\n" and out.stderr == "error: another config\n"
+    if existing:
+        assert (workdir / "log.txt").read_text() == existing
+    else:
+        assert not workdir.exists()
