@@ -68,6 +68,8 @@ def main(argv=None) -> int:
         console.refuse(f"python -m moe_jax.main: error: {error}")
         return 2
     except NonFiniteLossError as error:
+        # The run went non-finite: the message names the step and the cause; the log keeps
+        # what led there.
         console.error(f"python -m moe_jax.main: error: {error}")
         return 2
     except Preempted as preempted:

@@ -38,7 +38,7 @@ def terminal_err():
 class Console:
     def __init__(self, log_path: str, out, err, log_file, size_at_start=None, made_dir=None):
         self.log_path, self.out, self.err, self.log_file = log_path, out, err, log_file
-        # What `withdraw` puts back: the log's length before this process appended to it
+        # What `refuse` puts back: the log's length before this process appended to it
         # (None: there was no log), and the directory `start` created (None: it existed).
         self.size_at_start, self.made_dir = size_at_start, made_dir
 
