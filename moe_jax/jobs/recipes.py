@@ -90,10 +90,10 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     # tiny: more, smaller steps learn faster per token (batch 16 reached 39% held-out
-    # after 2.5M tokens where batch 32 had ~10%; experiments/RESULTS.md). 2400 steps
-    # (~1.3 passes over the problems) since the faster step of 2026-12-07: with 1800, a
+    # after 2.5M tokens where batch 32 had ~10%; experiments/RESULTS.md). 2100 steps
+    # (~1.2 passes over the problems) since the faster step of 2026-12-07: with 1800, a
     # seed that left the plateau late ended at 76% (experiments/RESULTS.md).
-    c.train.steps = 2400 if variant == "tiny" else 20_000
+    c.train.steps = 2100 if variant == "tiny" else 20_000
     c.train.batch_size = 16 if variant == "tiny" else 256
     c.train.seed = 0
     c.train.log_every = 50
@@ -117,7 +117,7 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.mesh = default_mesh_config()
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.every = 1200 if variant == "tiny" else 2000
+    c.eval.every = 1000 if variant == "tiny" else 2000
     c.eval.num_examples = 200
     c.eval.final_num_examples = 1000
     c.eval.batch_size = 250
