@@ -77,6 +77,8 @@ def dot_product_attention(q, k, v, mask, scale):
     mask = mask & (jnp.arange(t)[None, :] <= jnp.arange(t)[:, None])
     qh = jnp.swapaxes(q * jnp.asarray(scale, q.dtype), 1, 2)  # scaled once, on the smaller side
     kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    if not isinstance(t, int):  # a symbolic length (jax.export): one block, the whole square
+        return jnp.swapaxes(_attend(qh, kh, vh, mask), 1, 2)
     block = query_blocks(t)
     out = jnp.concatenate([_attend(qh[:, :, s:s + block], kh[:, :, :s + block], vh[:, :, :s + block],
                                    mask[:, :, s:s + block, :s + block]) for s in range(0, t, block)],
