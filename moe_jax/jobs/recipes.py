@@ -90,10 +90,8 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     # tiny: more, smaller steps learn faster per token (batch 16 reached 39% held-out
-    # after 2.5M tokens where batch 32 had ~10%; experiments/RESULTS.md). 2100 steps
-    # (~1.2 passes over the problems) since the faster step of 2026-12-07: with 1800, a
-    # seed that left the plateau late ended at 76% (experiments/RESULTS.md).
-    c.train.steps = 2100 if variant == "tiny" else 20_000
+    # after 2.5M tokens where batch 32 had ~10%; experiments/RESULTS.md).
+    c.train.steps = 1800 if variant == "tiny" else 20_000
     c.train.batch_size = 16 if variant == "tiny" else 256
     c.train.seed = 0
     c.train.log_every = 50
@@ -117,7 +115,7 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.mesh = default_mesh_config()
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.every = 1000 if variant == "tiny" else 2000
+    c.eval.every = 900 if variant == "tiny" else 2000
     c.eval.num_examples = 200
     c.eval.final_num_examples = 1000
     c.eval.batch_size = 250
@@ -128,12 +126,11 @@ def arithmetic(variant: str = "tiny") -> ml_collections.ConfigDict:
 
 def earlier_tiny(c: ml_collections.ConfigDict) -> None:
     """The tiny main job as it was before 2026-12-07 (4 heads, RoPE part 16, solutions at
-    their own widths, a cosine schedule over 1800 steps): the recipe that the recorded
-    figures of the experiments built on it were measured with (experiments/RESULTS.md)."""
+    their own widths, a cosine schedule): the recipe that the recorded figures of the
+    experiments built on it were measured with (experiments/RESULTS.md)."""
     c.model.update(num_heads=4, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32)
     c.data.difficulty.fixed_width = False
     c.optimizer.schedule = "cosine"
-    c.train.steps, c.eval.every = 1800, 900
 
 
 def sft(variant: str = "tiny") -> ml_collections.ConfigDict:
