@@ -160,16 +160,25 @@ def matmul(x, w, *, fp8: bool, contract: int = 1):
     """The one helper the model's projections call.
 
     x [..., I1..Ic] contracted with the leading `contract` axes of w [I1..Ic, O1..Oo]
-    -> [..., O1..Oo]. fp8=False is the plain product (x @ w for a 2-D w); fp8=True
-    flattens to [M, K] @ [K, N] and runs `fp8_matmul`: tiles of 128 then run along the
-    flattened K, as they do over a checkpoint's [N, K] weight matrix.
+    -> [..., O1..Oo]. fp8=True flattens to [M, K] @ [K, N] and runs `fp8_matmul`: tiles
+    of 128 then run along the flattened K, as they do over a checkpoint's [N, K] weight
+    matrix.
+
+    The plain product of a 2-D weight is flattened too. Left as [B, T, D] . [D, N],
+    XLA:CPU computed the weight gradient from a transposed copy of the activation
+    gradient, written element by element: the dense SwiGLU's fwd+bwd at [8, 256, 512] x
+    2048 took 258 ms, against 136 ms flat, with bit-identical results. Weights with
+    more axes (the attention's per-head projections) keep `tensordot`: flat, they are
+    as fast but round differently on CPU, and every trained figure recorded for the
+    README job would be drawn again (benchmarks/RESULTS.md).
     """
-    if not fp8:
+    if not fp8 and not (w.ndim == 2 and contract == 1):
         return jnp.tensordot(x, w, axes=contract)
     in_shape, out_shape = w.shape[:contract], w.shape[contract:]
     lead = x.shape[: x.ndim - contract]
     k, n = math.prod(in_shape), math.prod(out_shape)
-    y = fp8_matmul(x.reshape(-1, k), w.reshape(k, n))
+    x2, w2 = x.reshape(-1, k), w.reshape(k, n)
+    y = fp8_matmul(x2, w2) if fp8 else x2 @ w2
     return y.reshape(lead + out_shape)
 
 

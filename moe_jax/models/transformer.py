@@ -114,6 +114,9 @@ class DecoderLayer(nn.Module):
         return x + out, stats, new_latents
 
 
+UNROLL_UP_TO = 4  # layers; see _layer_stack
+
+
 def _layer_stack(m: TransformerConfig, use_moe: bool, count: int, name: str):
     """`count` DecoderLayers: one module under nn.scan, or a list when scan_layers=False."""
     layer_cls = DecoderLayer
@@ -124,6 +127,11 @@ def _layer_stack(m: TransformerConfig, use_moe: bool, count: int, name: str):
         return [layer_cls(m.layer, use_moe, name=f"{name}_{i}") for i in range(count)]
     scanned = nn.scan(
         layer_cls,
+        # A short stack runs as straight-line code: each layer's parameters are then
+        # static slices of the stacked arrays, and XLA can overlap one layer's tail with
+        # the next one's head (the tiny CPU step: ~8% faster, same numbers). Deeper stacks
+        # keep the loop, so compile time does not grow with depth.
+        unroll=count if count <= UNROLL_UP_TO else 1,
         variable_axes={"params": 0, BIAS_COLLECTION: 0, LOAD_COLLECTION: 0},
         split_rngs={"params": True},
         in_axes=(nn.broadcast, nn.broadcast, 0),  # positions, segment ids, per-layer replayed experts

@@ -158,6 +158,26 @@ def test_matmul_helper_contracts_leading_weight_axes():
     assert float(jnp.linalg.norm(quant - plain) / jnp.linalg.norm(plain)) < 0.051
 
 
+def test_plain_product_of_a_2d_weight_runs_flat_with_tensordots_numbers():
+    """A 2-D weight's plain product is computed on [B*T, D] (faster weight gradient on
+    CPU); its value and both gradients must be tensordot's, and a transposed or
+    mis-flattened layout would not be."""
+    keys = jax.random.split(jax.random.PRNGKey(7), 3)
+    x = jax.random.normal(keys[0], (3, 7, 24))
+    w = jax.random.normal(keys[1], (24, 40))
+    g = jax.random.normal(keys[2], (3, 7, 40))
+
+    def vjp(f):
+        y, back = jax.vjp(f, x, w)
+        return (y, *back(g))
+
+    flat = vjp(lambda x, w: fp8.matmul(x, w, fp8=False))
+    reference = vjp(lambda x, w: jnp.tensordot(x, w, axes=1))
+    for got, want in zip(flat, reference):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_bfloat16_inputs_come_back_bfloat16():
     x = jnp.ones((4, 64), jnp.bfloat16)
     w = jnp.ones((64, 8), jnp.bfloat16)
