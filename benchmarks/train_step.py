@@ -54,7 +54,7 @@ from moe_jax.train.state import create_train_state
 from moe_jax.train.step import make_train_step
 from moe_jax.train.losses import LossWeights
 
-GOAL_MFU = 0.40
+GOAL_MFU = 0.50  # of the matmul rate measured in the same run, on two idle CPU cores
 
 
 def parse_args():
