@@ -168,9 +168,9 @@ def matmul(x, w, *, fp8: bool, contract: int = 1):
     XLA:CPU computed the weight gradient from a transposed copy of the activation
     gradient, written element by element: the dense SwiGLU's fwd+bwd at [8, 256, 512] x
     2048 took 258 ms, against 136 ms flat, with bit-identical results. Weights with
-    more axes (the attention's per-head projections) keep `tensordot`: flat, they are
-    as fast but round differently on CPU, and every trained figure recorded for the
-    README job would be drawn again (benchmarks/RESULTS.md).
+    more axes (the attention's per-head projections) keep `tensordot`: flat, their
+    weight gradient rounds differently on CPU, and every trained figure recorded for
+    the README job would be drawn again (benchmarks/RESULTS.md).
     """
     if not fp8 and not (w.ndim == 2 and contract == 1):
         return jnp.tensordot(x, w, axes=contract)
