@@ -160,20 +160,16 @@ def matmul(x, w, *, fp8: bool, contract: int = 1):
     """The one helper the model's projections call.
 
     x [..., I1..Ic] contracted with the leading `contract` axes of w [I1..Ic, O1..Oo]
-    -> [..., O1..Oo]. fp8=True flattens to [M, K] @ [K, N] and runs `fp8_matmul`: tiles
-    of 128 then run along the flattened K, as they do over a checkpoint's [N, K] weight
-    matrix.
-
-    The plain product of a 2-D weight is flattened too. Left as [B, T, D] . [D, N],
-    XLA:CPU computed the weight gradient from a transposed copy of the activation
-    gradient, written element by element: the dense SwiGLU's fwd+bwd at [8, 256, 512] x
-    2048 took 258 ms, against 136 ms flat, with bit-identical results. Weights with
-    more axes (the attention's per-head projections) keep `tensordot`: flat, their
-    weight gradient rounds differently on CPU, and every trained figure recorded for
-    the README job would be drawn again (benchmarks/RESULTS.md).
+    -> [..., O1..Oo], as the product of x flattened to [M, K] and w to [K, N] (FP8 with
+    `fp8_matmul` when fp8=True: its tiles of 128 then run along the flattened K, as they
+    do over a checkpoint's [N, K] weight matrix). Flat for the plain product too: with
+    several leading axes, XLA:CPU computed the weight gradient from a transposed copy of
+    the activation gradient, written element by element (the dense SwiGLU's fwd+bwd at
+    [8, 256, 512] x 2048: 258 ms, against 136 ms flat, with bit-identical results). For
+    weights with more axes (the attention's per-head projections) the value and input
+    gradient are also bit-identical to `tensordot`'s; the weight gradient agrees to
+    float32 rounding, summed in another order.
     """
-    if not fp8 and not (w.ndim == 2 and contract == 1):
-        return jnp.tensordot(x, w, axes=contract)
     in_shape, out_shape = w.shape[:contract], w.shape[contract:]
     lead = x.shape[: x.ndim - contract]
     k, n = math.prod(in_shape), math.prod(out_shape)

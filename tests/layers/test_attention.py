@@ -76,3 +76,44 @@ def test_packed_segments_attend_only_within_themselves():
     np.testing.assert_allclose(y[:, :4], layer.apply(params, a, jnp.arange(4)[None]), atol=1e-5)
     np.testing.assert_allclose(y[:, 4:9], layer.apply(params, b, jnp.arange(5)[None]), atol=1e-5)
     assert bool(jnp.all(jnp.isfinite(y)))
+
+
+def full_square_attention(q, k, v, mask, scale):
+    """Every query against every key, the mask applied to the whole square; rows with no
+    visible key give 0."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    logits = jnp.where(mask, logits, -1e30)
+    probs = jax.nn.softmax(logits, -1) * jnp.any(mask, -1, keepdims=True)
+    return jnp.einsum("bhqk,bkhv->bqhv", probs, v)
+
+
+@pytest.mark.parametrize("length", [5, 37, 100, 128, 130])
+def test_query_blocks_compute_the_full_causal_square(length):
+    """The kernel skips the keys after each query block; the result and all three
+    gradients must be the full-square computation's, with packed segments, padding rows
+    (attending to nothing) and lengths that do not divide into blocks."""
+    from moe_jax.layers.attention import attention_mask, dot_product_attention, query_blocks
+
+    b, h, dk, dv = 3, 2, 6, 4
+    rng = np.random.default_rng(length)
+    q, k = (jnp.asarray(rng.normal(size=(b, length, h, dk)), jnp.float32) for _ in range(2))
+    v = jnp.asarray(rng.normal(size=(b, length, h, dv)), jnp.float32)
+    cut = rng.integers(1, length + 1, size=b)
+    segments = np.where(np.arange(length)[None] < cut[:, None], 1, 2)
+    segments[1, -3:] = 0  # padding at the end of one row
+    positions = np.arange(length)[None] - np.where(segments == 2, cut[:, None], 0)
+    mask = attention_mask(jnp.asarray(positions), jnp.asarray(positions),
+                          jnp.asarray(segments), jnp.asarray(segments))
+    weights = jnp.asarray(rng.normal(size=(b, length, h, dv)), jnp.float32)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(fn(q, k, v, mask, 0.3) * weights)
+
+    got, got_grads = jax.value_and_grad(loss(dot_product_attention), argnums=(0, 1, 2))(q, k, v)
+    want, want_grads = jax.value_and_grad(loss(full_square_attention), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    out = dot_product_attention(q, k, v, mask, 0.3)
+    np.testing.assert_array_equal(out[1, -3:], 0.0)  # padding rows attend to nothing
+    assert (length > query_blocks(length)) == (length > 32)  # several blocks from 33 tokens on

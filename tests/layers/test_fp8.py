@@ -158,21 +158,22 @@ def test_matmul_helper_contracts_leading_weight_axes():
     assert float(jnp.linalg.norm(quant - plain) / jnp.linalg.norm(plain)) < 0.051
 
 
-def test_plain_product_of_a_2d_weight_runs_flat_with_tensordots_numbers():
-    """A 2-D weight's plain product is computed on [B*T, D] (faster weight gradient on
-    CPU); its value and both gradients must be tensordot's, and a transposed or
-    mis-flattened layout would not be."""
+@pytest.mark.parametrize("w_shape,contract", [((24, 40), 1), ((24, 4, 10), 1), ((4, 6, 40), 2)])
+def test_plain_product_runs_flat_with_tensordots_numbers(w_shape, contract):
+    """Every plain product is computed on [B*T, K] @ [K, N] (faster weight gradient on
+    CPU), the per-head projections' weights of 3 axes included; its value and both
+    gradients must be tensordot's, and a transposed or mis-flattened layout would not be."""
     keys = jax.random.split(jax.random.PRNGKey(7), 3)
-    x = jax.random.normal(keys[0], (3, 7, 24))
-    w = jax.random.normal(keys[1], (24, 40))
-    g = jax.random.normal(keys[2], (3, 7, 40))
+    x = jax.random.normal(keys[0], (3, 7, 24) if contract == 1 else (3, 7, 4, 6))
+    w = jax.random.normal(keys[1], w_shape)
+    g = jax.random.normal(keys[2], (3, 7) + w_shape[contract:])
 
     def vjp(f):
         y, back = jax.vjp(f, x, w)
         return (y, *back(g))
 
-    flat = vjp(lambda x, w: fp8.matmul(x, w, fp8=False))
-    reference = vjp(lambda x, w: jnp.tensordot(x, w, axes=1))
+    flat = vjp(lambda x, w: fp8.matmul(x, w, fp8=False, contract=contract))
+    reference = vjp(lambda x, w: jnp.tensordot(x, w, axes=contract))
     for got, want in zip(flat, reference):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
