@@ -24,7 +24,7 @@ def get_config(arg=None):
     c.model.update(d_model=32, num_layers=2, dense_ffn=64, num_heads=2, kv_lora_rank=16, qk_nope_head_dim=8,
                    qk_rope_head_dim=8, v_head_dim=8, num_experts=4, expert_ffn=16)
     c.data.update(seq_len=64, num_train=400, num_test=40)
-    c.train.update(batch_size=4, steps=8, log_every=2, checkpoint_every=2, progress_bar=False)
+    c.train.update(batch_size=4, steps=12, log_every=2, checkpoint_every=2, progress_bar=False)
     c.eval.update(every=0, final_num_examples=8, batch_size=8, max_new_tokens=4, show=0)
     c.mesh.fsdp = 1
     return c
@@ -82,8 +82,12 @@ def test_a_micro_sweep_reports_skips_finished_runs_and_resumes_a_stopped_one(tmp
     deadline = time.time() + 600
 
     def checkpointed(name):
+        """Early in its 12 steps (newest checkpoint at step 4 or before): a stop sent now
+        reaches the run well before its last step, even on a loaded machine, where one
+        sent nearer the end let both runs finish first."""
         path = stopped / name / "checkpoints"
-        return path.is_dir() and any(p.isdigit() and int(p) < 8 for p in os.listdir(path))
+        steps = [int(p) for p in os.listdir(path) if p.isdigit()] if path.is_dir() else []
+        return bool(steps) and max(steps) <= 4
 
     while time.time() < deadline and proc.poll() is None and not (
             any((stopped / n / "summary.json").exists() for n in NAMES)
