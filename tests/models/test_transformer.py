@@ -22,8 +22,8 @@ def test_forward_shapes_and_stats():
     m = small_config()
     model = Transformer.from_config(m)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 0, m.vocab_size)
-    variables = model.init(jax.random.PRNGKey(1), tokens)
-    logits, extras = model.apply(variables, tokens)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(1), tokens)
+    logits, extras = jax.jit(model.apply)(variables, tokens)
     assert logits.shape == (2, 12, m.vocab_size) and logits.dtype == jnp.float32
     assert extras["mtp_logits"].shape == (1, 2, 12, m.vocab_size)
     assert extras["moe_stats"]["expert_load"].shape == (2, m.num_experts)  # two MoE layers
@@ -39,10 +39,11 @@ def test_model_is_causal_including_mtp_inputs():
     m = small_config(capacity_factor=4.0)
     model = Transformer.from_config(m)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (1, 12), 0, m.vocab_size)
-    variables = model.init(jax.random.PRNGKey(1), tokens)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(1), tokens)
     changed = tokens.at[:, 8:].set((tokens[:, 8:] + 1) % m.vocab_size)
-    logits, extras = model.apply(variables, tokens)
-    logits2, extras2 = model.apply(variables, changed)
+    apply = jax.jit(model.apply)
+    logits, extras = apply(variables, tokens)
+    logits2, extras2 = apply(variables, changed)
     np.testing.assert_allclose(logits[:, :8], logits2[:, :8], atol=1e-5)
     # MTP depth 1 at position i reads token i+1, so positions < 7 are unaffected.
     np.testing.assert_allclose(extras["mtp_logits"][:, :, :7], extras2["mtp_logits"][:, :, :7], atol=1e-5)
@@ -55,13 +56,13 @@ def test_variants_run_forward_and_backward(variant):
     m = small_config(**variant)
     model = Transformer.from_config(m)
     batch = lm_batch(jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, m.vocab_size))
-    variables = nn.unbox(model.init(jax.random.PRNGKey(1), batch["inputs"]))
+    variables = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(1), batch["inputs"]))
 
     def loss_fn(params):
         logits, extras = model.apply({**variables, "params": params}, batch["inputs"])
         return model_loss(logits, extras, batch, LossWeights.from_config(m))[0]
 
-    loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
     assert np.isfinite(float(loss))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads))) > 0

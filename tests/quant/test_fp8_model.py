@@ -34,7 +34,7 @@ def _value_and_grads(engine, x, index, weights, experts, cotangent, **kw):
     def loss(x, weights, experts):
         y, _ = engine(x, index, weights, experts, 8.0, **kw)
         return jnp.sum(y * cotangent), y
-    (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(x, weights, experts)
+    (_, y), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(x, weights, experts)
     return y, grads
 
 
@@ -68,17 +68,20 @@ def _small_config(**kw):
 def test_model_switch_changes_logits_by_fp8_error_and_gradients_flow():
     m = _small_config()
     batch = lm_batch(jax.random.randint(jax.random.PRNGKey(0), (2, 17), 0, m.vocab_size))
-    variables = nn.unbox(Transformer.from_config(m).init(jax.random.PRNGKey(1), batch["inputs"]))
+    variables = nn.unbox(jax.jit(Transformer.from_config(m).init)(jax.random.PRNGKey(1), batch["inputs"]))
     m8 = _small_config(fp8=True)
 
     def loss_and_grads(config):
         def loss_fn(params):
             logits, extras = Transformer.from_config(config).apply({**variables, "params": params}, batch["inputs"])
             return model_loss(logits, extras, batch, LossWeights.from_config(config))[0]
-        return jax.value_and_grad(loss_fn)(variables["params"])
+        # jitted: run op by op, the two-layer model's backward takes over a minute.
+        return jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
 
-    logits32, _ = Transformer.from_config(m).apply(variables, batch["inputs"])
-    logits8, _ = Transformer.from_config(m8).apply(variables, batch["inputs"])
+    def logits(config):
+        return jax.jit(Transformer.from_config(config).apply)(variables, batch["inputs"])[0]
+
+    logits32, logits8 = logits(m), logits(m8)
     assert 1e-3 < rel(logits8, logits32) < FP8_TOLERANCE
     (loss32, g32), (loss8, g8) = loss_and_grads(m), loss_and_grads(m8)
     assert abs(float(loss8) - float(loss32)) < 0.02 * float(loss32)
