@@ -116,9 +116,7 @@ def absorbed_attention(q_nope, q_rope, c_kv, k_rope, w_kv_b, mask, scale):
     q_latent = jnp.einsum("bthn,lhn->bthl", q_nope, w_uk)  # [B,T,H,L]
     logits = (jnp.einsum("bthl,bsl->bhts", q_latent, c_kv, preferred_element_type=jnp.float32)
               + jnp.einsum("bthr,bsr->bhts", q_rope, k_rope, preferred_element_type=jnp.float32))
-    logits = jnp.where(mask, logits * scale, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    probs = jnp.where(jnp.any(mask, axis=-1, keepdims=True), probs, 0.0)
+    probs = _masked_softmax(logits * scale, mask)
     out_latent = jnp.einsum("bhts,bsl->bthl", probs.astype(c_kv.dtype), c_kv)  # [B,T,H,L]
     return jnp.einsum("bthl,lhv->bthv", out_latent, w_uv)
 
