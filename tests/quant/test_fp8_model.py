@@ -75,7 +75,7 @@ def test_model_switch_changes_logits_by_fp8_error_and_gradients_flow():
         def loss_fn(params):
             logits, extras = Transformer.from_config(config).apply({**variables, "params": params}, batch["inputs"])
             return model_loss(logits, extras, batch, LossWeights.from_config(config))[0]
-        # jitted: run op by op, the two-layer model's backward takes over a minute.
+        # Compiled: run op by op, the two-layer model's backward takes over a minute.
         return jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
 
     def logits(config):
