@@ -24,6 +24,7 @@ setup(
         "ml-collections>=1.0.0",
         "grain>=0.2.10",
         "numpy>=1.26",
+        "threadpoolctl>=3.1",  # moe.threaded: one BLAS thread per kernel thread
         "tqdm>=4.66",
         "tokenizers>=0.20",
         "tensorboardX>=2.6",

@@ -10,8 +10,9 @@ so load from other work on a shared machine hits both sides alike.
 On CPU it also reports the cores it ran on and, unless --no-scaling, each step's
 per-core scaling: its time on one core (a child process pinned to one of them) over its
 time on all of them. A dense matmul scales almost linearly; an engine that scales
-worse loses ground to it on every extra core. On GPU/TPU the dropless engine is timed
-with every grouped-matmul kernel that is available (`ragged_kernels`).
+worse loses ground to it on every extra core. `dropless` and `capacity` run the kernel
+the engine picks by default (`dropless_implementation`); on CPU `dropless_tiled` is the
+pure-XLA kernel beside it, on GPU/TPU `dropless_ragged_dot` XLA's ragged dot.
 
     python benchmarks/moe_layer.py                      # S=4096 D=512 E=64 K=6 F=256 fp32
     python benchmarks/moe_layer.py --tokens 1024 --with-reference
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moe_jax.layers.mlp import swiglu
-from moe_jax.moe import dispatch, dropless, ragged_kernels
+from moe_jax.moe import dispatch, dropless, ragged_kernels, threaded
 
 LIMITS = {"dropless": 1.3, "capacity": 1.35}  # max fwd+bwd time / dense time
 TARGETS = {"dropless": 1.1}
@@ -49,8 +50,10 @@ def parse_args():
     p.add_argument("--expert-ffn", type=int, default=256)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--capacity-factor", type=float, default=1.25)
-    p.add_argument("--max-tile", type=int, default=None, help="dropless CPU tile rows (default: cpu_tiling)")
-    p.add_argument("--align", type=int, default=None, help="dropless CPU block alignment (default: cpu_tiling)")
+    p.add_argument("--max-tile", type=int, default=None,
+                   help="tile rows of the tiled CPU kernel (dropless_tiled; default: cpu_tiling)")
+    p.add_argument("--align", type=int, default=None,
+                   help="block alignment of the tiled CPU kernel (default: cpu_tiling)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     p.add_argument("--with-reference", action="store_true", help="also time the E-times-work loop")
     p.add_argument("--seed", type=int, default=0)
@@ -155,13 +158,12 @@ def run_child(python, extra_args, drop=("--side-by-side", "--repeats")):
 
 
 def engines_to_time(a, tiling):
-    engines = {"capacity": dispatch.capacity}
-    if jax.default_backend() == "cpu":
-        engines["dropless"] = lambda *args: dropless.dropless(*args, max_tile=tiling[0], align=tiling[1])
-    else:  # the backend's default kernel, and XLA's ragged dot beside it when that is another
-        engines["dropless"] = dropless.dropless
-        if ragged_kernels.default_implementation() != "ragged_dot":
-            engines["dropless_ragged_dot"] = lambda *args: dropless.dropless(*args, implementation="ragged_dot")
+    engines = {"capacity": dispatch.capacity, "dropless": dropless.dropless}  # the default kernels
+    if jax.default_backend() == "cpu":  # the pure-XLA kernel beside the default one
+        engines["dropless_tiled"] = lambda *args: dropless.dropless(
+            *args, implementation="tiled", max_tile=tiling[0], align=tiling[1])
+    elif ragged_kernels.default_implementation() != "ragged_dot":  # XLA's ragged dot beside it
+        engines["dropless_ragged_dot"] = lambda *args: dropless.dropless(*args, implementation="ragged_dot")
     if a.with_reference:
         engines["reference"] = dispatch.reference
     return engines
@@ -187,6 +189,8 @@ def measure(a):
         result[name]["peak_memory_bytes"], why = compiled_memory(step, *args)
         if why:
             result[name]["peak_memory_null_why"] = why
+    # The threaded kernel's row buffers live on the host, outside XLA's memory analysis.
+    result["dropless"]["host_scratch_bytes"] = threaded.scratch_bytes()
 
     load_before = os.getloadavg()[0]
     times = {name: [] for name in steps}
@@ -216,7 +220,8 @@ def measure(a):
         "backend": jax.default_backend(),
         "jax": jax.__version__,
         "cores": len(os.sched_getaffinity(0)),
-        "dropless_implementation": dropless.default_implementation(),
+        "dropless_implementation": dropless.default_implementation(
+            num_assignments, a.d_model, a.expert_ffn),
         "routing": "softmax top-k of N(0,1) logits",
         "expert_load_max_over_mean": round(float(load.max() / load.mean()), 3),
         "empty_experts": int((load == 0).sum()),

@@ -16,6 +16,9 @@ assignments, R rows of the expert-sorted buffer (N plus padding), T rows per til
      backward of the same shape (ragged_dot on CPU is a masked dense product doing E
      times the work). Figures against a dense SwiGLU of the same active FLOPs, per
      core count: benchmarks/RESULTS.md.
+   - CPU, "threaded": `threaded.threaded_moe`, the same expert MLP on host threads,
+     one range of experts per core (XLA:CPU does not spread a loop's small products
+     over its threads). Picked for big layers on one device; see `default_implementation`.
    `implementation=` forces one; the tests use it to check that each equals `reference`.
 
 Like every engine, this assumes a token picks each expert at most once (the routers'
@@ -29,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from moe_jax.moe import grouped_matmul, ragged_kernels
+from moe_jax.moe import grouped_matmul, ragged_kernels, threaded
 from moe_jax.moe.permutation import combine, permute
 from moe_jax.layers.fp8 import quantize_weight_ste
 
@@ -138,8 +141,17 @@ def row_weights(combine_weights, layout: SortedLayout):
 # ----------------------------------------------------------------------------------------
 
 
-def default_implementation() -> str:
-    return ragged_kernels.default_implementation()
+def default_implementation(num_assignments: int | None = None, d_model: int | None = None,
+                           ffn: int | None = None, fp8: bool = False) -> str:
+    """The backend's kernel (`ragged_kernels`); on CPU "threaded" instead of "tiled" when
+    the layer is big enough to gain from it (shapes given), it can run here (one device,
+    or per device in `jax.shard_map`), the trace need not be portable, and not fp8."""
+    implementation = ragged_kernels.default_implementation()
+    if (implementation == "tiled" and not fp8 and num_assignments is not None
+            and not ragged_kernels.is_portable() and threaded.available()
+            and threaded.worth_it(num_assignments, d_model, ffn) and threaded.runs_per_device()):
+        return "threaded"
+    return implementation
 
 
 def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
@@ -150,15 +162,22 @@ def dropless(x, expert_index, combine_weights, experts, capacity_factor=None, *,
     x: [S, D]; expert_index: [S, K] int; combine_weights: [S, K]; experts: ExpertWeights,
     gate and up [E, D, F], down [E, F, D] -> (y [S, D] in x.dtype, num_dropped = 0).
     `capacity_factor` is ignored: every expert takes all its tokens.
-    implementation: "tiled" (CPU), "tokamax" or "ragged_dot" (GPU/TPU; `ragged_kernels`),
-    or None for the backend's own.
+    implementation: "tiled" or "threaded" (CPU), "tokamax" or "ragged_dot" (GPU/TPU;
+    `ragged_kernels`), or None for `default_implementation`.
     max_tile, align: CPU tiling, max_tile a multiple of align; None: `cpu_tiling`.
     fp8: the expert GEMMs in FP8 (moe_jax.layers.fp8).
     """
     del capacity_factor
-    implementation = ragged_kernels.check_implementation(implementation or default_implementation())
-    num_experts = experts.gate.shape[0]
-    if implementation != "tiled":
+    num_experts, d_model, ffn = experts.gate.shape
+    implementation = ragged_kernels.check_implementation(
+        implementation or default_implementation(expert_index.size, d_model, ffn, fp8))
+    if implementation == "threaded":
+        if fp8:
+            raise ValueError("implementation='threaded' has no fp8 GEMMs; use 'tiled' with fp8=True")
+        layout = sort_by_expert(expert_index, num_experts)
+        y = threaded.threaded_moe(x, row_weights(combine_weights, layout), layout.row_token,
+                                  layout.group_sizes, layout.assignment_row, *experts)
+    elif implementation != "tiled":
         layout = sort_by_expert(expert_index, num_experts)
         xs = permute(x, layout.row_token, layout.assignment_row)  # [N, D]
         out = grouped_matmul.ragged_swiglu(xs, layout.group_sizes, experts.gate, experts.up, experts.down,

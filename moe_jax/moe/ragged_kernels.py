@@ -10,6 +10,10 @@ group_sizes[e] rows, and rows past sum(group_sizes) come out as zeros.
 - "tiled" (CPU): not a ragged dot at all; `grouped_matmul.tiled_moe` runs the whole
   expert MLP tile by tile (a ragged dot on CPU is a masked dense product doing E times
   the work).
+- "threaded" (CPU): `threaded.threaded_moe`, the same expert MLP run by numpy's BLAS on
+  host threads of its own, one range of experts per core, through a zero-copy host
+  callback. The dropless engine picks it over "tiled" on one device (or per device
+  inside `jax.shard_map`) for big enough layers, never under `portable()`.
 - "tokamax" (GPU/TPU, when the optional `tokamax` package imports): its Pallas
   grouped matmuls with their own backward kernels: Mosaic GPU (or Triton) on NVIDIA,
   Mosaic TPU (the megablox kernel MaxText runs) on TPU v5 and later. tokamax picks among
@@ -28,12 +32,34 @@ benchmarks/moe_layer.py times the dropless engine with each one that is availabl
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("tiled", "tokamax", "ragged_dot")
+from moe_jax.moe import threaded
+
+IMPLEMENTATIONS = ("tiled", "threaded", "tokamax", "ragged_dot")
+_PORTABLE = contextvars.ContextVar("moe_jax_portable_kernels", default=False)
+
+
+@contextlib.contextmanager
+def portable():
+    """Trace with kernels that live entirely in the XLA program: no host callbacks, so
+    the result can be serialized with `jax.export` and run elsewhere. Only traces made
+    inside count: a jitted function traced before keeps its kernels, so export a
+    function made for the purpose (as serve/export.py does)."""
+    token = _PORTABLE.set(True)
+    try:
+        yield
+    finally:
+        _PORTABLE.reset(token)
+
+
+def is_portable() -> bool:
+    return _PORTABLE.get()
 
 
 def tokamax_module():
@@ -46,7 +72,8 @@ def tokamax_module():
 
 
 def default_implementation() -> str:
-    """"tiled" on CPU; on GPU/TPU "tokamax" when it imports, else "ragged_dot"."""
+    """"tiled" on CPU (the dropless engine may upgrade it to "threaded", which depends on
+    shapes); on GPU/TPU "tokamax" when it imports, else "ragged_dot"."""
     if jax.default_backend() == "cpu":
         return "tiled"
     return "tokamax" if tokamax_module() is not None else "ragged_dot"
@@ -55,6 +82,10 @@ def default_implementation() -> str:
 def check_implementation(implementation: str) -> str:
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}: expected one of {IMPLEMENTATIONS}")
+    if implementation == "threaded":
+        if not threaded.available():
+            raise ValueError("implementation='threaded' needs jax.experimental.buffer_callback "
+                             "(jax >= 0.7) and threadpoolctl; use 'tiled'")
     if implementation == "tokamax" and tokamax_module() is None:
         raise ValueError("implementation='tokamax' needs the tokamax package (jax >= 0.11.1): "
                          "pip install tokamax, or use 'ragged_dot'")

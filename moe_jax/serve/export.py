@@ -41,6 +41,7 @@ from moe_jax.data.tokenizer import CharTokenizer
 from moe_jax.infer.cache import KVCache, init_cache
 from moe_jax.infer.generate import extend, inference_config, prefill
 from moe_jax.layers.int_quant import QuantizedTensor, dequantize
+from moe_jax.moe.ragged_kernels import portable
 from moe_jax.quant.weights import quantize_tree
 
 FORMAT_VERSION = 1
@@ -137,12 +138,13 @@ def export_model(model_config, params, router_bias, tokenizer, out: str, *,
         b, p = jax.export.symbolic_shape("b, p", constraints=(f"p <= {context}",))
         (b_decode,) = jax.export.symbolic_shape("b")
     weights = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays]
-    exported_prefill = jax.export.export(jax.jit(prefill_fn), platforms=platforms)(
-        weights, jax.ShapeDtypeStruct((b, p), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
-    tokens = jax.ShapeDtypeStruct((b_decode,), jnp.int32)
-    cache = jax.eval_shape(lambda w, t: prefill_fn(w, t[:, None], t)[1], weights, tokens)
-    exported_decode = jax.export.export(jax.jit(decode_fn), platforms=platforms)(
-        weights, cache, tokens)
+    with portable():  # no host-callback kernels: they cannot be serialized
+        exported_prefill = jax.export.export(jax.jit(prefill_fn), platforms=platforms)(
+            weights, jax.ShapeDtypeStruct((b, p), jnp.int32), jax.ShapeDtypeStruct((b,), jnp.int32))
+        tokens = jax.ShapeDtypeStruct((b_decode,), jnp.int32)
+        cache = jax.eval_shape(lambda w, t: prefill_fn(w, t[:, None], t)[1], weights, tokens)
+        exported_decode = jax.export.export(jax.jit(decode_fn), platforms=platforms)(
+            weights, cache, tokens)
 
     blobs = {"prefill": exported_prefill.serialize(), "decode": exported_decode.serialize()}
     os.makedirs(out, exist_ok=True)
