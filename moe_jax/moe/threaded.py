@@ -97,6 +97,17 @@ _BUFFERS: dict = {}  # (name, shape) -> array, see _buffer
 _MAX_BUFFER_SHAPES = 8  # distinct call shapes kept (train step, eval, prefill, ...)
 
 
+def _forget_pool_in_child():
+    """A forked child (data loader workers) inherits the pool object but not its threads,
+    and maybe a held lock: give it its own."""
+    global _POOL, _LOCK
+    _POOL, _LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def num_threads() -> int:
     """The cores this process may run on (affinity mask), as a dense matmul would use."""
     try:
