@@ -82,10 +82,9 @@ def default_implementation() -> str:
 def check_implementation(implementation: str) -> str:
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}: expected one of {IMPLEMENTATIONS}")
-    if implementation == "threaded":
-        if not threaded.available():
-            raise ValueError("implementation='threaded' needs jax.experimental.buffer_callback "
-                             "(jax >= 0.7) and threadpoolctl; use 'tiled'")
+    if implementation == "threaded" and not threaded.available():
+        raise ValueError("implementation='threaded' needs jax.experimental.buffer_callback "
+                         "(jax >= 0.7) and threadpoolctl; use 'tiled'")
     if implementation == "tokamax" and tokamax_module() is None:
         raise ValueError("implementation='tokamax' needs the tokamax package (jax >= 0.11.1): "
                          "pip install tokamax, or use 'ragged_dot'")
